@@ -1,0 +1,213 @@
+use super::*;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+fn ids(rng: &mut ChaCha20Rng, n: usize) -> Vec<IdentityKeyPair> {
+    (0..n).map(|_| IdentityKeyPair::generate(rng)).collect()
+}
+
+#[test]
+fn seal_open_round_trip() {
+    let mut rng = ChaCha20Rng::from_seed([1; 32]);
+    let p = ids(&mut rng, 2);
+    let env = seal(
+        &mut rng,
+        &p[0],
+        3,
+        p[1].public(),
+        ContentType::Ratchet,
+        b"payload",
+    )
+    .expect("seals");
+    let wire = SealedEnvelope::try_from(env.to_bytes().as_slice()).expect("decodes");
+    let opened = wire.open(&p[1]).expect("opens");
+    assert_eq!(opened.sender, *p[0].public());
+    assert_eq!(opened.sender_device, 3);
+    assert_eq!(opened.content_type, ContentType::Ratchet);
+    assert_eq!(opened.content, b"payload");
+}
+
+#[test]
+fn sizes_fall_into_buckets() {
+    let mut rng = ChaCha20Rng::from_seed([2; 32]);
+    let p = ids(&mut rng, 2);
+    for (len, bucket) in [
+        (0, 256),
+        (150, 256),
+        (300, 512),
+        (5000, 8192),
+        (MAX_CONTENT_LEN, 65024),
+    ] {
+        let env = seal(
+            &mut rng,
+            &p[0],
+            0,
+            p[1].public(),
+            ContentType::Ratchet,
+            &vec![7u8; len],
+        )
+        .expect("seals");
+        assert_eq!(env.body.ciphertext.len(), bucket + 16, "content {len}");
+        assert_eq!(env.open(&p[1]).expect("opens").content.len(), len);
+        assert!(env.to_bytes().len() <= 64 * 1024);
+    }
+    assert_eq!(
+        seal(
+            &mut rng,
+            &p[0],
+            u32::MAX,
+            p[1].public(),
+            ContentType::Ratchet,
+            &vec![0u8; MAX_CONTENT_LEN]
+        )
+        .map(|e| e.body.ciphertext.len()),
+        Ok(65024 + 16)
+    );
+    assert_eq!(
+        seal(
+            &mut rng,
+            &p[0],
+            0,
+            p[1].public(),
+            ContentType::Ratchet,
+            &vec![0u8; MAX_CONTENT_LEN + 1]
+        ),
+        Err(SealError::TooLarge {
+            len: MAX_CONTENT_LEN + 1,
+            max: MAX_CONTENT_LEN
+        })
+    );
+}
+
+#[test]
+fn multi_recipient_shares_one_body() {
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let p = ids(&mut rng, 5);
+    let recipients: Vec<IdentityKey> = p[1..].iter().map(|i| i.public().clone()).collect();
+    let (body, slots) = seal_many(
+        &mut rng,
+        &p[0],
+        1,
+        &recipients,
+        ContentType::SenderKey,
+        b"group",
+    )
+    .expect("seals");
+    assert_eq!(slots.len(), 4);
+    for (identity, slot) in p[1..].iter().zip(&slots) {
+        let env = SealedEnvelope {
+            body: body.clone(),
+            slot: *slot,
+        };
+        assert_eq!(env.open(identity).expect("opens").content, b"group");
+    }
+    // A slot for someone else does not open.
+    let env = SealedEnvelope {
+        body: body.clone(),
+        slot: slots[0],
+    };
+    assert_eq!(env.open(&p[2]), Err(OpenError::NotForUs));
+    assert_eq!(
+        seal_many(&mut rng, &p[0], 1, &[], ContentType::SenderKey, b"x"),
+        Err(SealError::NoRecipients)
+    );
+}
+
+/// A recipient of a group message (who learns M) cannot re-address the
+/// body to a third member as if from the original sender.
+#[test]
+fn another_recipient_cannot_forge_the_sender() {
+    let mut rng = ChaCha20Rng::from_seed([4; 32]);
+    let p = ids(&mut rng, 3);
+    let (sender, bob, carol) = (&p[0], &p[1], &p[2]);
+    let recipients = [bob.public().clone(), carol.public().clone()];
+    let (body, slots) = seal_many(
+        &mut rng,
+        sender,
+        1,
+        &recipients,
+        ContentType::SenderKey,
+        b"x",
+    )
+    .expect("seals");
+    // Bob recovers M from his slot, as open() does.
+    let shared = dh(bob.x25519_secret(), &body.ephemeral_key).expect("dh");
+    let bob_mask = mask(&shared, &body.ephemeral_key, bob.public().x25519());
+    let mut m = [0u8; 32];
+    for i in 0..32 {
+        m[i] = slots[0][i] ^ bob_mask[i];
+    }
+    // ...and builds a slot for Carol with a correct mask but cannot make
+    // the sender tag, which needs X25519(IK_sender, IK_carol).
+    let secret = expand(&m);
+    let carol_shared = dh(&secret.ephemeral, carol.public().x25519()).expect("dh");
+    let carol_mask = mask(&carol_shared, &body.ephemeral_key, carol.public().x25519());
+    let mut slot = [0u8; SLOT_LEN];
+    for i in 0..32 {
+        slot[i] = m[i] ^ carol_mask[i];
+    }
+    let forged = SealedEnvelope { body, slot };
+    assert_eq!(forged.open(carol), Err(OpenError::BadSender));
+}
+
+#[test]
+fn tampering_is_detected() {
+    let mut rng = ChaCha20Rng::from_seed([5; 32]);
+    let p = ids(&mut rng, 2);
+    let env = seal(&mut rng, &p[0], 0, p[1].public(), ContentType::PreKey, b"x").expect("seals");
+    let mut bad = env.clone();
+    bad.body.ciphertext[10] ^= 1;
+    assert_eq!(bad.open(&p[1]), Err(OpenError::AuthenticationFailed));
+    let mut bad = env.clone();
+    bad.slot[40] ^= 1;
+    assert_eq!(bad.open(&p[1]), Err(OpenError::BadSender));
+    let mut bad = env.clone();
+    bad.slot[0] ^= 1;
+    assert_eq!(bad.open(&p[1]), Err(OpenError::NotForUs));
+    let mut bad = env.clone();
+    bad.body.ephemeral_key = [0u8; 32];
+    assert_eq!(bad.open(&p[1]), Err(OpenError::WeakKeyAgreement));
+    let mut bad = env;
+    bad.body.ephemeral_key[0] ^= 1;
+    assert!(bad.open(&p[1]).is_err());
+}
+
+#[test]
+fn padding_rules() {
+    assert_eq!(unpad(&pad(b"").expect("fits")), Ok(&b""[..]));
+    assert_eq!(
+        unpad(&pad(&[0u8; 255]).expect("fits")).map(<[u8]>::len),
+        Ok(255)
+    );
+    assert_eq!(pad(&[0u8; 255]).expect("fits").len(), 256);
+    assert_eq!(pad(&[0u8; 256]).expect("fits").len(), 512);
+    assert!(pad(&[0u8; 65024]).is_none());
+    assert_eq!(unpad(&[0u8; 256]), Err(DecodeError::BadPadding));
+    let mut odd = vec![0u8; 256];
+    odd[3] = 1;
+    assert_eq!(unpad(&odd), Err(DecodeError::BadPadding));
+    assert_eq!(unpad(&[0x80; 100]), Err(DecodeError::BadPadding));
+}
+
+#[test]
+fn decode_errors() {
+    assert_eq!(
+        SealedEnvelope::try_from(&[0xff][..]),
+        Err(DecodeError::Protobuf)
+    );
+    let env = wire::SealedEnvelope {
+        body: Some(wire::SealedBody {
+            version: 2,
+            ephemeral_key: vec![0; 32],
+            ciphertext: vec![],
+        }),
+        slot: vec![0; 48],
+    };
+    assert_eq!(
+        SealedEnvelope::try_from(env.encode_to_vec().as_slice()),
+        Err(DecodeError::UnsupportedVersion {
+            found: 2,
+            supported: 1
+        })
+    );
+}

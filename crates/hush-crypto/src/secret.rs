@@ -1,0 +1,59 @@
+//! Secret newtypes: zeroized on drop, never `Copy`, `Debug` redacted.
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Declares a 32-byte secret newtype with redacted `Debug`.
+macro_rules! secret32 {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Zeroize, ZeroizeOnDrop)]
+        pub(crate) struct $name(pub(crate) [u8; 32]);
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(concat!(stringify!($name), "(..)"))
+            }
+        }
+
+        impl $name {
+            /// Hands out the secret bytes.
+            pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+    };
+}
+
+secret32!(
+    /// A Double Ratchet root key.
+    RootKey
+);
+secret32!(
+    /// A symmetric-ratchet chain key (pairwise or sender key).
+    ChainKey
+);
+secret32!(
+    /// A single message key.
+    MessageKey
+);
+secret32!(
+    /// A Diffie-Hellman output.
+    SharedSecret
+);
+
+/// Zeroizing fixed-size scratch buffer for derived key material.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct Okm<const N: usize>(pub(crate) [u8; N]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        assert_eq!(format!("{:?}", RootKey([7; 32])), "RootKey(..)");
+        assert_eq!(format!("{:?}", ChainKey([7; 32])), "ChainKey(..)");
+        assert_eq!(format!("{:?}", MessageKey([7; 32])), "MessageKey(..)");
+        assert_eq!(format!("{:?}", SharedSecret([7; 32])), "SharedSecret(..)");
+    }
+}
