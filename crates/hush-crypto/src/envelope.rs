@@ -193,7 +193,7 @@ fn expand(m: &[u8; 32]) -> MessageSecret {
     }
 }
 
-fn mask(
+pub(crate) fn mask(
     shared: &crate::secret::SharedSecret,
     ephemeral: &[u8; 32],
     recipient_x: &[u8; 32],

@@ -1,1 +1,341 @@
-//! Action harness (filled below).
+//! The two-party action harness (`feature = "harness"`): one driver for
+//! the proptest suite and the fuzz targets.
+//!
+//! Alice starts a session with Bob from his bundle; then a sequence of
+//! [`Action`]s sends, delivers (in any order), drops, duplicates and
+//! corrupts messages and saves/restores either side's state through its
+//! serialized form. [`Conversation::apply`] checks after every step:
+//!
+//! - a genuine message decrypts, to its own plaintext, exactly once;
+//! - a replayed or corrupted message fails, and the receiver's state is
+//!   byte-for-byte what it was before;
+//! - a state restored from its bytes serializes to the same bytes.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::IdentityKeyPair;
+use crate::prekey::{
+    ExtraPreKey, OneTimePreKeyPair, PreKeyBundle, PreKeySecrets, SignedPreKeyPair,
+};
+use crate::ratchet::{PreKeyMessage, RatchetMessage, Session, SessionMessage};
+
+/// One side of the conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Party {
+    /// The initiator.
+    Alice,
+    /// The responder.
+    Bob,
+}
+
+/// One step of a conversation. Indexes pick among messages in flight
+/// modulo their number, so every value is meaningful.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `from` encrypts a message of `len` bytes.
+    Send {
+        /// Sender.
+        from: Party,
+        /// Plaintext length.
+        len: u8,
+    },
+    /// Delivers (and removes) an in-flight message: any index, so
+    /// messages arrive in any order.
+    Deliver(usize),
+    /// Loses an in-flight message.
+    Drop(usize),
+    /// Delivers a copy of an in-flight message, keeping it in flight.
+    Duplicate(usize),
+    /// Delivers an in-flight message with one bit flipped.
+    Corrupt {
+        /// Which message.
+        index: usize,
+        /// Which bit of its encoding.
+        bit: usize,
+    },
+    /// Replays an already delivered message.
+    Replay(usize),
+    /// Serializes and restores one side's state.
+    Restore(Party),
+}
+
+impl Action {
+    /// Decodes actions from arbitrary bytes (for fuzzers): three bytes
+    /// per action.
+    pub fn from_bytes(data: &[u8]) -> Vec<Action> {
+        data.chunks_exact(3)
+            .map(|c| {
+                let arg = usize::from(c[1]) | (usize::from(c[2]) << 8);
+                let party = if c[1] & 1 == 0 {
+                    Party::Alice
+                } else {
+                    Party::Bob
+                };
+                match c[0] % 8 {
+                    0 | 1 => Action::Send {
+                        from: party,
+                        len: c[2],
+                    },
+                    2 | 3 => Action::Deliver(arg),
+                    4 => Action::Drop(arg),
+                    5 => Action::Duplicate(arg),
+                    6 => Action::Corrupt {
+                        index: usize::from(c[1]),
+                        bit: usize::from(c[2]),
+                    },
+                    _ => {
+                        if c[1] & 2 == 0 {
+                            Action::Replay(arg)
+                        } else {
+                            Action::Restore(party)
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+struct BobKeys {
+    signed: SignedPreKeyPair,
+    one_time: OneTimePreKeyPair,
+    last_resort: SignedPreKeyPair,
+}
+
+impl PreKeySecrets for BobKeys {
+    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.signed.id() == id).then_some(&self.signed)
+    }
+    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.last_resort.id() == id).then_some(&self.last_resort)
+    }
+    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
+        (self.one_time.id() == id).then_some(&self.one_time)
+    }
+}
+
+struct InFlight {
+    to: Party,
+    message: SessionMessage,
+    plaintext: Vec<u8>,
+}
+
+/// A conversation between two parties under test.
+pub struct Conversation {
+    rng: ChaCha20Rng,
+    bob_identity: IdentityKeyPair,
+    bob_keys: BobKeys,
+    alice: Session,
+    bob: Option<Session>,
+    in_flight: Vec<InFlight>,
+    delivered: Vec<InFlight>,
+    sent: u64,
+    /// Messages decrypted so far.
+    pub decrypted: u64,
+}
+
+impl Conversation {
+    /// A fresh conversation; everything is derived from `seed`.
+    pub fn new(seed: [u8; 32]) -> Result<Self, Violation> {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let alice_identity = IdentityKeyPair::generate(&mut rng);
+        let bob_identity = IdentityKeyPair::generate(&mut rng);
+        let bob_keys = BobKeys {
+            signed: SignedPreKeyPair::generate(&mut rng, &bob_identity, 1),
+            one_time: OneTimePreKeyPair::generate(&mut rng, 2),
+            last_resort: SignedPreKeyPair::generate_last_resort(&mut rng, &bob_identity, 3),
+        };
+        let bundle = PreKeyBundle {
+            identity: bob_identity.public().clone(),
+            signed_prekey: bob_keys.signed.public(),
+            extra: Some(ExtraPreKey::OneTime(bob_keys.one_time.public())),
+        }
+        .verify()
+        .map_err(|e| Violation(format!("bundle: {e}")))?;
+        let alice = Session::initiate(&mut rng, &alice_identity, &bundle)
+            .map_err(|e| Violation(format!("initiate: {e}")))?;
+        Ok(Self {
+            rng,
+            bob_identity,
+            bob_keys,
+            alice,
+            bob: None,
+            in_flight: Vec::new(),
+            delivered: Vec::new(),
+            sent: 0,
+            decrypted: 0,
+        })
+    }
+
+    /// Applies one action and checks the invariants.
+    pub fn apply(&mut self, action: &Action) -> Result<(), Violation> {
+        match *action {
+            Action::Send { from, len } => self.send(from, len),
+            Action::Deliver(i) => {
+                if self.in_flight.is_empty() {
+                    return Ok(());
+                }
+                let item = self.in_flight.remove(i % self.in_flight.len());
+                self.deliver_genuine(&item)?;
+                self.delivered.push(item);
+                Ok(())
+            }
+            Action::Drop(i) => {
+                if !self.in_flight.is_empty() {
+                    let len = self.in_flight.len();
+                    self.in_flight.remove(i % len);
+                }
+                Ok(())
+            }
+            Action::Duplicate(i) => {
+                if self.in_flight.is_empty() {
+                    return Ok(());
+                }
+                let index = i % self.in_flight.len();
+                let item = self.in_flight.remove(index);
+                self.deliver_genuine(&item)?;
+                self.expect_rejected(item.to, &item.message, "duplicate")?;
+                self.delivered.push(item);
+                Ok(())
+            }
+            Action::Replay(i) => {
+                if self.delivered.is_empty() {
+                    return Ok(());
+                }
+                let index = i % self.delivered.len();
+                let (to, message) = {
+                    let item = &self.delivered[index];
+                    (item.to, item.message.clone())
+                };
+                self.expect_rejected(to, &message, "replay")
+            }
+            Action::Corrupt { index, bit } => {
+                if self.in_flight.is_empty() {
+                    return Ok(());
+                }
+                let item = &self.in_flight[index % self.in_flight.len()];
+                let Some(corrupted) = corrupt(&item.message, bit) else {
+                    return Ok(());
+                };
+                let to = item.to;
+                self.expect_rejected(to, &corrupted, "corrupted")
+            }
+            Action::Restore(party) => self.restore(party),
+        }
+    }
+
+    fn send(&mut self, from: Party, len: u8) -> Result<(), Violation> {
+        self.sent += 1;
+        let mut plaintext = self.sent.to_be_bytes().to_vec();
+        plaintext.resize(8 + usize::from(len), 0xab);
+        let (session, to) = match from {
+            Party::Alice => (&mut self.alice, Party::Bob),
+            Party::Bob => match self.bob.as_mut() {
+                Some(bob) => (bob, Party::Alice),
+                None => return Ok(()),
+            },
+        };
+        let message = session
+            .encrypt(&mut self.rng, &plaintext)
+            .map_err(|e| Violation(format!("encrypt: {e}")))?;
+        self.in_flight.push(InFlight {
+            to,
+            message,
+            plaintext,
+        });
+        Ok(())
+    }
+
+    fn snapshot(&self, party: Party) -> Option<Vec<u8>> {
+        match party {
+            Party::Alice => Some(self.alice.to_bytes().to_vec()),
+            Party::Bob => self.bob.as_ref().map(|s| s.to_bytes().to_vec()),
+        }
+    }
+
+    fn try_deliver(&mut self, to: Party, message: &SessionMessage) -> Result<Vec<u8>, String> {
+        match to {
+            Party::Alice => self.alice.decrypt(message).map_err(|e| e.to_string()),
+            Party::Bob => match (&mut self.bob, message) {
+                (Some(bob), _) => bob.decrypt(message).map_err(|e| e.to_string()),
+                (None, SessionMessage::PreKey(m)) => {
+                    let (session, plaintext) =
+                        Session::respond(&self.bob_identity, &self.bob_keys, m)
+                            .map_err(|e| e.to_string())?;
+                    self.bob = Some(session);
+                    Ok(plaintext)
+                }
+                (None, SessionMessage::Ratchet(_)) => Err("no session".into()),
+            },
+        }
+    }
+
+    fn deliver_genuine(&mut self, item: &InFlight) -> Result<(), Violation> {
+        match self.try_deliver(item.to, &item.message) {
+            Ok(plaintext) if plaintext == item.plaintext => {
+                self.decrypted += 1;
+                Ok(())
+            }
+            Ok(_) => Err(Violation("decrypted to the wrong plaintext".into())),
+            Err(e) => Err(Violation(format!("genuine message rejected: {e}"))),
+        }
+    }
+
+    fn expect_rejected(
+        &mut self,
+        to: Party,
+        message: &SessionMessage,
+        what: &str,
+    ) -> Result<(), Violation> {
+        let before = self.snapshot(to);
+        match self.try_deliver(to, message) {
+            Ok(_) => Err(Violation(format!("{what} message accepted"))),
+            Err(_) if self.snapshot(to) != before => {
+                Err(Violation(format!("{what} message changed the state")))
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn restore(&mut self, party: Party) -> Result<(), Violation> {
+        let Some(bytes) = self.snapshot(party) else {
+            return Ok(());
+        };
+        let restored =
+            Session::from_bytes(&bytes).map_err(|e| Violation(format!("restore: {e}")))?;
+        if restored.to_bytes().as_slice() != bytes.as_slice() {
+            return Err(Violation("restored state serializes differently".into()));
+        }
+        match party {
+            Party::Alice => self.alice = restored,
+            Party::Bob => self.bob = Some(restored),
+        }
+        Ok(())
+    }
+}
+
+/// Flips one bit of the message's encoding; `None` when the result does
+/// not decode or decodes to the same message (the flip hit nothing).
+fn corrupt(message: &SessionMessage, bit: usize) -> Option<SessionMessage> {
+    let mut bytes = message.to_bytes();
+    let len = bytes.len();
+    if len == 0 {
+        return None;
+    }
+    let bit = bit % (len * 8);
+    bytes[bit / 8] ^= 1 << (bit % 8);
+    let decoded = match message {
+        SessionMessage::PreKey(_) => PreKeyMessage::try_from(bytes.as_slice())
+            .ok()
+            .map(|m| SessionMessage::PreKey(Box::new(m))),
+        SessionMessage::Ratchet(_) => RatchetMessage::try_from(bytes.as_slice())
+            .ok()
+            .map(SessionMessage::Ratchet),
+    }?;
+    (decoded != *message).then_some(decoded)
+}

@@ -27,6 +27,7 @@ mod error;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod identity;
+pub mod kat;
 pub mod prekey;
 mod primitives;
 pub mod ratchet;

@@ -133,10 +133,10 @@ impl PreKeyBundle {
         if !self.signed_prekey.verifies(&self.identity, SIGNED_KIND) {
             return Err(X3dhError::BadSignedPreKeySignature);
         }
-        if let Some(ExtraPreKey::LastResort(key)) = &self.extra {
-            if !key.verifies(&self.identity, LAST_RESORT_KIND) {
-                return Err(X3dhError::BadLastResortSignature);
-            }
+        if let Some(ExtraPreKey::LastResort(key)) = &self.extra
+            && !key.verifies(&self.identity, LAST_RESORT_KIND)
+        {
+            return Err(X3dhError::BadLastResortSignature);
         }
         Ok(VerifiedBundle(self))
     }

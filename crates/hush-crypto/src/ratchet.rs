@@ -161,8 +161,9 @@ impl TryFrom<&[u8]> for PreKeyMessage {
 /// What [`Session::encrypt`] produces and [`Session::decrypt`] takes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionMessage {
-    /// A first message (carries the X3DH values).
-    PreKey(PreKeyMessage),
+    /// A first message (carries the X3DH values). Boxed: it is rare and
+    /// several times the size of a ratchet message.
+    PreKey(Box<PreKeyMessage>),
     /// A message of an established session.
     Ratchet(RatchetMessage),
 }
@@ -253,7 +254,7 @@ impl core::fmt::Debug for Session {
     }
 }
 
-fn kdf_rk(root: &RootKey, shared: &SharedSecret) -> (RootKey, ChainKey) {
+pub(crate) fn kdf_rk(root: &RootKey, shared: &SharedSecret) -> (RootKey, ChainKey) {
     let okm = hkdf::<64>(Some(root.as_bytes()), shared.as_bytes(), &[ROOT_INFO]);
     let mut rk = [0u8; 32];
     let mut ck = [0u8; 32];
@@ -398,13 +399,13 @@ impl Session {
         };
         self.sending = Some(next);
         Ok(match &self.pending {
-            Some(p) => SessionMessage::PreKey(PreKeyMessage {
+            Some(p) => SessionMessage::PreKey(Box::new(PreKeyMessage {
                 identity: self.local_identity.clone(),
                 base_key: p.base_key,
                 signed_prekey_id: p.signed_prekey_id,
                 extra: p.extra,
                 message,
-            }),
+            })),
             None => SessionMessage::Ratchet(message),
         })
     }
@@ -505,10 +506,10 @@ impl Session {
         if let Some(position) = commit.used_skipped {
             self.skipped.remove(position);
         }
-        if let Some((position, chain)) = commit.advanced {
-            if let Some(existing) = self.receiving.get_mut(position) {
-                existing.chain = chain;
-            }
+        if let Some((position, chain)) = commit.advanced
+            && let Some(existing) = self.receiving.get_mut(position)
+        {
+            existing.chain = chain;
         }
         if let Some((new_chain, old_end)) = commit.new_chain {
             if let (Some(end), Some(newest)) = (old_end, self.receiving.front_mut()) {

@@ -62,7 +62,7 @@ fn setup(seed: u8, extra: Option<bool>) -> Pair {
 
 fn prekey(message: SessionMessage) -> PreKeyMessage {
     match message {
-        SessionMessage::PreKey(m) => m,
+        SessionMessage::PreKey(m) => *m,
         SessionMessage::Ratchet(_) => panic!("expected a prekey message"),
     }
 }
