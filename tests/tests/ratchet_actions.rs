@@ -22,7 +22,11 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases by default; PROPTEST_CASES=N runs more.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn conversations_keep_their_invariants(
@@ -90,6 +94,32 @@ fn byte_decoded_actions_run() {
         .collect();
     let mut conversation = Conversation::new([9; 32]).expect("starts");
     for action in Action::from_bytes(&data) {
+        conversation
+            .apply(&action)
+            .unwrap_or_else(|v| panic!("{action:?}: {}", v.0));
+    }
+}
+
+/// Found by proptest: a prekey message with a flipped prekey id was
+/// accepted by a responder that already had the session.
+#[test]
+fn regression_corrupted_prekey_id_on_existing_session() {
+    let mut conversation = Conversation::new([0; 32]).expect("starts");
+    for action in [
+        Action::Send {
+            from: Party::Alice,
+            len: 0,
+        },
+        Action::Send {
+            from: Party::Alice,
+            len: 129,
+        },
+        Action::Deliver(1_049_850_422_013_684_638),
+        Action::Corrupt {
+            index: 0,
+            bit: 2_562_305_065_443_966_213,
+        },
+    ] {
         conversation
             .apply(&action)
             .unwrap_or_else(|v| panic!("{action:?}: {}", v.0));

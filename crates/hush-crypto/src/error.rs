@@ -169,9 +169,10 @@ pub enum DecryptError {
     /// The counter would pass 2^32 - 1.
     #[error("message counter exhausted")]
     ChainExhausted,
-    /// A prekey message from a different X3DH run than this session.
+    /// A prekey message whose X3DH values (base key, prekey ids,
+    /// identity) are not this session's handshake.
     #[error("prekey message belongs to another session")]
-    BaseKeyMismatch,
+    HandshakeMismatch,
     /// A sender-key message for a key id we hold no chain for.
     #[error("no sender key {key_id}")]
     UnknownSenderKey {

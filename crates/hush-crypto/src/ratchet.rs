@@ -29,7 +29,7 @@ use crate::prekey::{PreKeyRef, PreKeySecrets, VerifiedBundle};
 use crate::primitives::{dh, fixed, hkdf, x25519_public};
 use crate::secret::{ChainKey, MessageKey, RootKey, SharedSecret};
 use crate::state::{STATE_VERSION, check_version};
-use crate::x3dh::{self, Pending};
+use crate::x3dh::{self, Handshake};
 
 pub use crate::chain::MAX_SKIP;
 
@@ -241,8 +241,10 @@ pub struct Session {
     receiving: VecDeque<ReceiverChain>,
     /// Oldest first, at most [`MAX_SKIPPED_KEYS`].
     skipped: VecDeque<SkippedKey>,
-    pending: Option<Pending>,
-    base_key: [u8; 32],
+    handshake: Handshake,
+    /// Initiator only: no message from the peer has decrypted yet, so
+    /// ours are still prekey messages.
+    unacknowledged: bool,
 }
 
 impl core::fmt::Debug for Session {
@@ -283,7 +285,7 @@ impl Session {
         identity: &IdentityKeyPair,
         bundle: &VerifiedBundle,
     ) -> Result<Self, X3dhError> {
-        let (agreement, pending) = x3dh::initiate(rng, identity, bundle)?;
+        let (agreement, handshake) = x3dh::initiate(rng, identity, bundle)?;
         let their_ratchet_key = bundle.bundle().signed_prekey.public;
         let ratchet = RatchetKeyPair::generate(rng);
         let shared = dh(&ratchet.secret, &their_ratchet_key).ok_or(X3dhError::WeakKeyAgreement)?;
@@ -300,8 +302,8 @@ impl Session {
             previous_counter: 0,
             receiving: VecDeque::new(),
             skipped: VecDeque::new(),
-            base_key: pending.base_key,
-            pending: Some(pending),
+            handshake,
+            unacknowledged: true,
         })
     }
 
@@ -335,8 +337,12 @@ impl Session {
             previous_counter: 0,
             receiving: VecDeque::new(),
             skipped: VecDeque::new(),
-            pending: None,
-            base_key: message.base_key,
+            handshake: Handshake {
+                signed_prekey_id: message.signed_prekey_id,
+                extra: message.extra,
+                base_key: message.base_key,
+            },
+            unacknowledged: false,
         };
         let plaintext = session.decrypt_ratchet(&message.message)?;
         Ok((session, plaintext))
@@ -354,13 +360,13 @@ impl Session {
 
     /// The X3DH base key that identifies this session's handshake.
     pub fn base_key(&self) -> &[u8; 32] {
-        &self.base_key
+        &self.handshake.base_key
     }
 
     /// Whether we started this session and have not yet heard back (our
     /// messages are still prekey messages).
     pub fn is_unacknowledged(&self) -> bool {
-        self.pending.is_some()
+        self.unacknowledged
     }
 
     /// Encrypts `plaintext`. Draws 32 bytes (a new ratchet key) only when
@@ -398,15 +404,16 @@ impl Session {
             ciphertext,
         };
         self.sending = Some(next);
-        Ok(match &self.pending {
-            Some(p) => SessionMessage::PreKey(Box::new(PreKeyMessage {
+        Ok(if self.unacknowledged {
+            SessionMessage::PreKey(Box::new(PreKeyMessage {
                 identity: self.local_identity.clone(),
-                base_key: p.base_key,
-                signed_prekey_id: p.signed_prekey_id,
-                extra: p.extra,
+                base_key: self.handshake.base_key,
+                signed_prekey_id: self.handshake.signed_prekey_id,
+                extra: self.handshake.extra,
                 message,
-            })),
-            None => SessionMessage::Ratchet(message),
+            }))
+        } else {
+            SessionMessage::Ratchet(message)
         })
     }
 
@@ -415,8 +422,18 @@ impl Session {
     pub fn decrypt(&mut self, message: &SessionMessage) -> Result<Vec<u8>, DecryptError> {
         match message {
             SessionMessage::PreKey(m) => {
-                if m.base_key != self.base_key || m.identity != self.remote_identity {
-                    return Err(DecryptError::BaseKeyMismatch);
+                // Every X3DH field must be this session's: the ids are
+                // not authenticated by the ratchet message inside.
+                let handshake = Handshake {
+                    signed_prekey_id: m.signed_prekey_id,
+                    extra: m.extra,
+                    base_key: m.base_key,
+                };
+                if self.initiator
+                    || handshake != self.handshake
+                    || m.identity != self.remote_identity
+                {
+                    return Err(DecryptError::HandshakeMismatch);
                 }
                 self.decrypt_ratchet(&m.message)
             }
@@ -530,7 +547,7 @@ impl Session {
             self.skipped.pop_front();
         }
         // Any message from the peer proves it has the session.
-        self.pending = None;
+        self.unacknowledged = false;
     }
 
     /// Serializes to a versioned `SessionRecord` (`spec/state.md`). The
@@ -540,14 +557,14 @@ impl Session {
             chain_key: c.key.as_bytes().to_vec(),
             index: c.index,
         };
-        let pending = self.pending.as_ref().map(|p| state::PendingPreKey {
-            signed_prekey_id: p.signed_prekey_id,
-            extra: p.extra.map(|e| match e {
-                PreKeyRef::OneTime(id) => state::pending_pre_key::Extra::OneTimePrekeyId(id),
-                PreKeyRef::LastResort(id) => state::pending_pre_key::Extra::LastResortPrekeyId(id),
+        let handshake = state::Handshake {
+            signed_prekey_id: self.handshake.signed_prekey_id,
+            extra: self.handshake.extra.map(|e| match e {
+                PreKeyRef::OneTime(id) => state::handshake::Extra::OneTimePrekeyId(id),
+                PreKeyRef::LastResort(id) => state::handshake::Extra::LastResortPrekeyId(id),
             }),
-            base_key: p.base_key.to_vec(),
-        });
+            base_key: self.handshake.base_key.to_vec(),
+        };
         let mut record = state::SessionRecord {
             version: STATE_VERSION,
             local_identity: self.local_identity.as_bytes().to_vec(),
@@ -575,8 +592,8 @@ impl Session {
                     message_key: s.key.as_bytes().to_vec(),
                 })
                 .collect(),
-            pending,
-            base_key: self.base_key.to_vec(),
+            handshake: Some(handshake),
+            unacknowledged: self.unacknowledged,
         };
         let bytes = Zeroizing::new(record.encode_to_vec());
         wipe_session_record(&mut record);
@@ -626,19 +643,23 @@ impl Session {
                 })
             })
             .collect::<Result<VecDeque<_>, DecodeError>>()?;
-        let pending = match &record.pending {
-            None => None,
-            Some(p) => Some(Pending {
-                signed_prekey_id: p.signed_prekey_id,
-                extra: p.extra.map(|e| match e {
-                    state::pending_pre_key::Extra::OneTimePrekeyId(id) => PreKeyRef::OneTime(id),
-                    state::pending_pre_key::Extra::LastResortPrekeyId(id) => {
-                        PreKeyRef::LastResort(id)
-                    }
-                }),
-                base_key: fixed("pending.base_key", &p.base_key)?,
+        let h = record
+            .handshake
+            .as_ref()
+            .ok_or(DecodeError::MissingField("handshake"))?;
+        let handshake = Handshake {
+            signed_prekey_id: h.signed_prekey_id,
+            extra: h.extra.map(|e| match e {
+                state::handshake::Extra::OneTimePrekeyId(id) => PreKeyRef::OneTime(id),
+                state::handshake::Extra::LastResortPrekeyId(id) => PreKeyRef::LastResort(id),
             }),
+            base_key: fixed("handshake.base_key", &h.base_key)?,
         };
+        if record.unacknowledged && !record.initiator {
+            return Err(DecodeError::Inconsistent(
+                "only an initiator is unacknowledged",
+            ));
+        }
         let local_identity = IdentityKey::decode("local_identity", &record.local_identity)?;
         let remote_identity = IdentityKey::decode("remote_identity", &record.remote_identity)?;
         let (first, second) = if record.initiator {
@@ -662,8 +683,8 @@ impl Session {
             previous_counter: record.previous_counter,
             receiving,
             skipped,
-            pending,
-            base_key: fixed("base_key", &record.base_key)?,
+            handshake,
+            unacknowledged: record.unacknowledged,
         })
     }
 }

@@ -32,9 +32,10 @@ pub(crate) struct Agreement {
     pub(crate) ad: [u8; 64],
 }
 
-/// What the initiator remembers to build its prekey messages.
+/// The X3DH values that identify a handshake: the initiator repeats them
+/// in every prekey message, the responder matches them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Pending {
+pub(crate) struct Handshake {
     pub(crate) signed_prekey_id: u32,
     pub(crate) extra: Option<PreKeyRef>,
     pub(crate) base_key: [u8; 32],
@@ -67,7 +68,7 @@ pub(crate) fn initiate(
     rng: &mut impl CryptoRng,
     identity: &IdentityKeyPair,
     bundle: &VerifiedBundle,
-) -> Result<(Agreement, Pending), X3dhError> {
+) -> Result<(Agreement, Handshake), X3dhError> {
     let bundle = bundle.bundle();
     let mut ek_bytes = [0u8; 32];
     rng.fill_bytes(&mut ek_bytes);
@@ -83,13 +84,13 @@ pub(crate) fn initiate(
         dhs.push(dh(&ek, extra.public()));
     }
     let root = derive(&dhs)?;
-    let pending = Pending {
+    let handshake = Handshake {
         signed_prekey_id: bundle.signed_prekey.id,
         extra: bundle.extra.as_ref().map(|e| e.reference()),
         base_key: x25519_public(&ek),
     };
     let ad = associated_data(identity.public(), &bundle.identity);
-    Ok((Agreement { root, ad }, pending))
+    Ok((Agreement { root, ad }, handshake))
 }
 
 /// Responder side: finds the named prekeys and recomputes `SK`.

@@ -437,3 +437,48 @@ fn debug_is_redacted() {
     assert!(shown.starts_with("Session { remote_identity: IdentityKey(hush"));
     assert!(shown.ends_with(".. }"));
 }
+
+#[test]
+fn later_prekey_messages_must_match_the_whole_handshake() {
+    let mut p = setup(15, Some(false));
+    let first = prekey(p.alice.encrypt(&mut p.rng, b"1").expect("encrypts"));
+    let second = prekey(p.alice.encrypt(&mut p.rng, b"2").expect("encrypts"));
+    let (mut bob, _) = Session::respond(&p.bob_id, &p.keys, &first).expect("responds");
+    let before = snapshot(&bob);
+    let altered = [
+        PreKeyMessage {
+            signed_prekey_id: second.signed_prekey_id + 1,
+            ..second.clone()
+        },
+        PreKeyMessage {
+            extra: Some(PreKeyRef::OneTime(1234)),
+            ..second.clone()
+        },
+        PreKeyMessage {
+            extra: None,
+            ..second.clone()
+        },
+        PreKeyMessage {
+            base_key: [7; 32],
+            ..second.clone()
+        },
+    ];
+    for m in altered {
+        assert_eq!(
+            bob.decrypt(&SessionMessage::PreKey(Box::new(m))),
+            Err(DecryptError::HandshakeMismatch)
+        );
+        assert_eq!(snapshot(&bob), before);
+    }
+    // The initiator never accepts prekey messages.
+    assert_eq!(
+        p.alice
+            .decrypt(&SessionMessage::PreKey(Box::new(second.clone()))),
+        Err(DecryptError::HandshakeMismatch)
+    );
+    assert_eq!(
+        bob.decrypt(&SessionMessage::PreKey(Box::new(second)))
+            .expect("decrypts"),
+        b"2"
+    );
+}
