@@ -212,10 +212,12 @@ fn ratchet_ping_pong(c: &mut Criterion) {
 fn group(c: &mut Criterion) {
     let mut g = c.benchmark_group("group");
     let mut rng = ChaCha20Rng::from_seed([2; 32]);
-    let mut own = SenderKeyRecord::generate(&mut rng);
+    let mut own = SenderKeyRecord::generate(&mut rng, [7; 16]);
     let dist = own.distribution().expect("own");
-    let mut member = SenderKeyRecord::new();
-    member.process(&SenderKeyDistribution::try_from(dist.to_bytes().as_slice()).expect("decodes"));
+    let mut member = SenderKeyRecord::new([7; 16]);
+    member
+        .process(&SenderKeyDistribution::try_from(dist.to_bytes().as_slice()).expect("decodes"))
+        .expect("same group");
     g.bench_function("hush_sender_key", |bench| {
         bench.iter(|| {
             let m = own.encrypt(&MESSAGE).expect("encrypts");

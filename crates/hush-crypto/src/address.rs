@@ -1,7 +1,7 @@
 //! Printable addresses (`spec/identity.md`, "Address").
 //!
 //! `address = "hush" || base32(0x01 || ed25519_public || checksum)` where
-//! `checksum = SHA-256("hush-address-v1" || 0x01 || ed25519_public)[0..4]`
+//! `checksum = SHA-256("hush-address-v1" || version || ed25519_public)[0..4]`
 //! and base32 is RFC 4648's alphabet in lower case without padding:
 //! 37 bytes become 60 characters, 64 with the prefix. Parsing ignores
 //! case, spaces and `-`; a typo fails the checksum with probability
@@ -38,10 +38,10 @@ impl From<&IdentityKey> for Address {
     }
 }
 
-fn checksum(key: &[u8; 32]) -> [u8; 4] {
+fn checksum(version: u8, key: &[u8; 32]) -> [u8; 4] {
     let digest = Sha256::new()
         .chain_update(b"hush-address-v1")
-        .chain_update([VERSION])
+        .chain_update([version])
         .chain_update(key)
         .finalize();
     [digest[0], digest[1], digest[2], digest[3]]
@@ -52,7 +52,7 @@ impl core::fmt::Display for Address {
         let mut payload = [0u8; PAYLOAD_LEN];
         payload[0] = VERSION;
         payload[1..33].copy_from_slice(self.key.as_bytes());
-        payload[33..].copy_from_slice(&checksum(self.key.as_bytes()));
+        payload[33..].copy_from_slice(&checksum(VERSION, self.key.as_bytes()));
         f.write_str(PREFIX)?;
         let mut acc: u32 = 0;
         let mut bits = 0;
@@ -132,7 +132,7 @@ impl core::str::FromStr for Address {
         }
         let mut key = [0u8; 32];
         key.copy_from_slice(&payload[1..33]);
-        if !ct_eq(&payload[33..], &checksum(&key)) {
+        if !ct_eq(&payload[33..], &checksum(payload[0], &key)) {
             return Err(AddressError::BadChecksum);
         }
         if payload[0] != VERSION {

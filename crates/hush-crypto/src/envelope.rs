@@ -14,14 +14,16 @@
 //!   mask             = HKDF(salt = E || R_x, X25519(e, R_x), "hush-seal-v1 slot", 32)
 //!   masked           = M xor mask
 //!   tag              = HKDF(0^32, X25519(IK_S, R_x),
-//!                           "hush-seal-v1 sender" || E || R || S || masked, 16)
+//!                           "hush-seal-v1 sender" || E || R || S || masked || SHA-256(body), 16)
 //!   slot             = masked || tag
 //! ```
 //!
 //! The recipient unmasks `M`, checks `E` is derived from it, decrypts the
 //! body, learns the sender `S` from it and checks `tag`: only `S` (or the
-//! recipient itself) can compute `X25519(IK_S, R_x)`, so another member
-//! holding the same body cannot make a slot that claims `S` sent it.
+//! recipient itself) can compute `X25519(IK_S, R_x)`, and the tag covers
+//! the body ciphertext, so another member (who knows `M` and `K`) can
+//! neither make a slot claiming `S` sent a body nor pair a genuine slot
+//! with a body of its own.
 
 use hush_proto::{Message, wire};
 use rand_core::CryptoRng;
@@ -31,6 +33,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::{DecodeError, OpenError, SealError};
 use crate::identity::{IdentityKey, IdentityKeyPair};
 use crate::primitives::{ct_eq, dh, fixed, hkdf, open, seal as aead_seal, x25519_public};
+use sha2::{Digest, Sha256};
 
 /// Envelope format version.
 pub const VERSION: u32 = 1;
@@ -39,7 +42,8 @@ pub const VERSION: u32 = 1;
 pub const BUCKETS: [usize; 10] = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 49152, 65024];
 
 /// The largest `content` [`seal`] accepts: the largest bucket less the
-/// `SealedContent` framing (at most 63 bytes) and the padding marker.
+/// `SealedContent` framing (at most 46 bytes), the padding marker and a
+/// margin of 17 bytes for future fields.
 pub const MAX_CONTENT_LEN: usize = 64_960;
 
 /// Size of a recipient's key slot.
@@ -208,6 +212,7 @@ fn sender_tag(
     recipient: &IdentityKey,
     sender: &IdentityKey,
     masked: &[u8; 32],
+    body_hash: &[u8],
 ) -> [u8; 16] {
     hkdf::<16>(
         None,
@@ -218,6 +223,7 @@ fn sender_tag(
             recipient.as_bytes(),
             sender.as_bytes(),
             masked,
+            body_hash,
         ],
     )
     .0
@@ -281,6 +287,7 @@ pub fn seal_many(
     let secret = expand(&m);
     let ad = [BODY_AD, &secret.ephemeral_public[..]].concat();
     let ciphertext = aead_seal(&secret.body_key, &[0u8; 12], &ad, &padded);
+    let body_hash = Sha256::digest(&ciphertext);
 
     let mut slots = Vec::with_capacity(recipients.len());
     for recipient in recipients {
@@ -299,6 +306,7 @@ pub fn seal_many(
             recipient,
             sender.public(),
             &masked,
+            &body_hash,
         );
         let mut slot = [0u8; SLOT_LEN];
         slot[..32].copy_from_slice(&masked);
@@ -340,7 +348,15 @@ impl SealedEnvelope {
         let content_type = ContentType::from_wire(inner.content_type)?;
         let static_shared =
             dh(recipient.x25519_secret(), sender.x25519()).ok_or(OpenError::WeakKeyAgreement)?;
-        let expected = sender_tag(&static_shared, e_pub, recipient.public(), &sender, &masked);
+        let body_hash = Sha256::digest(&self.body.ciphertext);
+        let expected = sender_tag(
+            &static_shared,
+            e_pub,
+            recipient.public(),
+            &sender,
+            &masked,
+            &body_hash,
+        );
         if !ct_eq(&expected, &self.slot[32..]) {
             return Err(OpenError::BadSender);
         }

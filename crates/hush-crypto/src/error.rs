@@ -25,8 +25,9 @@ pub enum DecodeError {
     /// A public key that is not a valid (or is a weak) curve point.
     #[error("field `{0}` is not a valid public key")]
     InvalidKey(&'static str),
-    /// A record or message from a newer (or unknown) format version.
-    #[error("format version {found} is not supported (this build reads up to {supported})")]
+    /// A record or message from a format version this build does not
+    /// read (a newer one, or none at all).
+    #[error("format version {found} is not supported (this build reads version {supported})")]
     UnsupportedVersion {
         /// The version found.
         found: u32,
@@ -76,7 +77,7 @@ pub enum AddressError {
     /// A character outside the address alphabet.
     #[error("character {position} is not allowed in an address")]
     BadCharacter {
-        /// Zero-based position in the input.
+        /// Zero-based byte offset in the input, leading spaces removed.
         position: usize,
     },
     /// Too short or too long.
@@ -182,6 +183,10 @@ pub enum DecryptError {
     /// The sender-key message signature does not verify.
     #[error("sender-key message signature does not verify")]
     BadSignature,
+    /// A sender-key message or distribution for another group than the
+    /// record's.
+    #[error("sender key belongs to another group")]
+    WrongGroup,
 }
 
 /// Sealing failures.

@@ -40,9 +40,12 @@ impl core::hash::Hash for IdentityKey {
 }
 
 impl IdentityKey {
-    /// Parses a 32-byte Ed25519 public key, rejecting invalid encodings
-    /// and small-order points.
+    /// Parses a 32-byte Ed25519 public key, rejecting non-canonical and
+    /// invalid encodings and small-order points.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        if !canonical_y(bytes) {
+            return Err(KeyError::Invalid);
+        }
         let ed = VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::Invalid)?;
         if ed.is_weak() {
             return Err(KeyError::Weak);
@@ -79,6 +82,33 @@ impl IdentityKey {
             .verify_strict(message, &Signature::from_bytes(signature))
             .is_ok()
     }
+
+    /// Verifies with RFC 8032's cofactorless equation, without the strict
+    /// small-order checks on `R` (one point decompression cheaper). Used
+    /// for sender-key messages, whose signing key was checked not weak
+    /// when decoded and whose replays are caught by (key id, iteration),
+    /// not by signature bytes.
+    pub(crate) fn verify_rfc8032(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        use ed25519_dalek::Verifier;
+        self.ed
+            .verify(message, &Signature::from_bytes(signature))
+            .is_ok()
+    }
+}
+
+/// Whether the encoded `y` (sign bit cleared) is below p = 2^255 - 19,
+/// as RFC 8032 requires. Without this, `y` and `y + p` would decode to
+/// one point under two encodings: two addresses for one key.
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    // p in little-endian is ed ff .. ff 7f.
+    let top = bytes[31] & 0x7f;
+    if top != 0x7f {
+        return true;
+    }
+    if bytes[1..31].iter().any(|&b| b != 0xff) {
+        return true;
+    }
+    bytes[0] < 0xed
 }
 
 /// An identity key pair. Holds the Ed25519 seed and the derived X25519
@@ -182,6 +212,11 @@ mod tests {
             IdentityKey::from_bytes(&identity_point),
             Err(KeyError::Weak)
         );
+        // y = p + 1: a non-canonical encoding of y = 1.
+        let mut over = [0xffu8; 32];
+        over[0] = 0xee;
+        over[31] = 0x7f;
+        assert_eq!(IdentityKey::from_bytes(&over), Err(KeyError::Invalid));
         // y = 2 is not on the curve.
         let mut bad = [0u8; 32];
         bad[0] = 2;

@@ -39,6 +39,11 @@ fn generate_secret(rng: &mut impl CryptoRng) -> StaticSecret {
     StaticSecret::from(*bytes)
 }
 
+/// Field names for decode errors: (public key, signature).
+type Fields = (&'static str, &'static str);
+const SIGNED_FIELDS: Fields = ("signed_prekey.public_key", "signed_prekey.signature");
+const LAST_RESORT_FIELDS: Fields = ("last_resort_prekey.public_key", "last_resort_prekey.signature");
+
 /// A signed prekey or last-resort prekey as published (public part).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedPreKey {
@@ -51,11 +56,11 @@ pub struct SignedPreKey {
 }
 
 impl SignedPreKey {
-    fn decode(proto: &wire::SignedPreKey) -> Result<Self, DecodeError> {
+    fn decode(proto: &wire::SignedPreKey, field: Fields) -> Result<Self, DecodeError> {
         Ok(Self {
             id: proto.id,
-            public: fixed("signed_prekey.public_key", &proto.public_key)?,
-            signature: fixed("signed_prekey.signature", &proto.signature)?,
+            public: fixed(field.0, &proto.public_key)?,
+            signature: fixed(field.1, &proto.signature)?,
         })
     }
 
@@ -179,12 +184,12 @@ impl TryFrom<&[u8]> for PreKeyBundle {
                 }))
             }
             Some(wire::pre_key_bundle::Extra::LastResortPrekey(k)) => {
-                Some(ExtraPreKey::LastResort(SignedPreKey::decode(k)?))
+                Some(ExtraPreKey::LastResort(SignedPreKey::decode(k, LAST_RESORT_FIELDS)?))
             }
         };
         Ok(Self {
             identity: IdentityKey::decode("identity_key", &proto.identity_key)?,
-            signed_prekey: SignedPreKey::decode(signed)?,
+            signed_prekey: SignedPreKey::decode(signed, SIGNED_FIELDS)?,
             extra,
         })
     }

@@ -491,6 +491,19 @@ impl Session {
         }
         // A new ratchet key: finish the newest chain up to
         // previous_counter, then take the receiving half of a DH step.
+        // One message may make us derive at most MAX_SKIP keys in all,
+        // across the old chain's tail and the new chain's head.
+        let tail = self
+            .receiving
+            .front()
+            .map_or(0, |newest| message.previous_counter.saturating_sub(newest.chain.index));
+        let jump = tail.saturating_add(message.counter);
+        if jump > MAX_SKIP {
+            return Err(DecryptError::TooFarAhead {
+                jump,
+                limit: MAX_SKIP,
+            });
+        }
         let mut old_chain_end = None;
         if let Some(newest) = self.receiving.front() {
             let (skipped, end) = newest
@@ -660,6 +673,18 @@ impl Session {
                 "only an initiator is unacknowledged",
             ));
         }
+        for (i, chain) in receiving.iter().enumerate() {
+            if receiving.iter().skip(i + 1).any(|c| c.ratchet_key == chain.ratchet_key) {
+                return Err(DecodeError::Inconsistent("repeated receiving chain"));
+            }
+        }
+        let their_ratchet_key = fixed("their_ratchet_key", &record.their_ratchet_key)?;
+        if receiving
+            .front()
+            .is_some_and(|newest| newest.ratchet_key != their_ratchet_key)
+        {
+            return Err(DecodeError::Inconsistent("newest chain is not their ratchet key"));
+        }
         let local_identity = IdentityKey::decode("local_identity", &record.local_identity)?;
         let remote_identity = IdentityKey::decode("remote_identity", &record.remote_identity)?;
         let (first, second) = if record.initiator {
@@ -678,7 +703,7 @@ impl Session {
             initiator: record.initiator,
             root: RootKey(fixed("root_key", &record.root_key)?),
             ratchet: RatchetKeyPair::from_secret(StaticSecret::from(*secret)),
-            their_ratchet_key: fixed("their_ratchet_key", &record.their_ratchet_key)?,
+            their_ratchet_key,
             sending: record.sending.as_ref().map(chain).transpose()?,
             previous_counter: record.previous_counter,
             receiving,

@@ -90,7 +90,7 @@ impl SafetyNumber {
     }
 
     /// Compares with digits a person read from the other device, in
-    /// constant time. Spaces are ignored.
+    /// constant time. White space is ignored.
     pub fn matches_digits(&self, typed: &str) -> bool {
         let typed: String = typed.chars().filter(|c| !c.is_whitespace()).collect();
         typed.len() == self.digits.len()

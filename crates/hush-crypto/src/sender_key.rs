@@ -1,20 +1,23 @@
 //! Sender keys for groups (`spec/sender-keys.md`).
 //!
 //! Each (group, sender device) has a chain key and an Ed25519 signing
-//! key. The sender hands `key_id`, the current iteration, the chain key
-//! and the signing public key to every member over pairwise sessions
-//! ([`SenderKeyDistribution`]). A group message is encrypted once:
+//! key. The sender hands the group id, `key_id`, the current iteration,
+//! the chain key and the signing public key to every member over
+//! pairwise sessions ([`SenderKeyDistribution`]). A group message is
+//! encrypted once:
 //!
 //! ```text
 //! MK, CK' = KDF_CK(CK)                      (spec/ratchet.md, "Chains")
 //! key || nonce = HKDF(0^32, MK, "hush-sender-key-v1 message", 44)
-//! header    = "hush-sender-key-v1" || key_id (u32 BE) || iteration (u32 BE)
+//! header    = "hush-sender-key-v1" || group_id (16) || key_id (u32 BE) || iteration (u32 BE)
 //! ciphertext = ChaCha20-Poly1305(key, nonce, header, plaintext)
 //! signature  = Ed25519(signing key, header || ciphertext)
 //! ```
 //!
-//! Receivers verify the signature before any key is derived or used,
-//! and keep the same out-of-order bounds as pairwise sessions.
+//! Receivers verify the signature (RFC 8032, cofactorless; the signing
+//! key was checked not to be weak when its distribution was decoded)
+//! before any key is derived or used, and keep the same out-of-order
+//! bounds as pairwise sessions, per state.
 
 use std::collections::VecDeque;
 
@@ -38,13 +41,18 @@ pub const MAX_SKIPPED_SENDER_KEYS: usize = 2_000;
 
 const MESSAGE_INFO: &[u8] = b"hush-sender-key-v1 message";
 const DOMAIN: &[u8; 18] = b"hush-sender-key-v1";
-const HEADER_LEN: usize = 18 + 4 + 4;
+const HEADER_LEN: usize = 18 + 16 + 4 + 4;
 
-fn header(key_id: u32, iteration: u32) -> [u8; HEADER_LEN] {
+/// A group's 16-byte identifier, chosen at random by its creator. The
+/// relay never sees it: it travels inside sealed envelopes.
+pub type GroupId = [u8; 16];
+
+fn header(group_id: &GroupId, key_id: u32, iteration: u32) -> [u8; HEADER_LEN] {
     let mut out = [0u8; HEADER_LEN];
     out[..18].copy_from_slice(DOMAIN);
-    out[18..22].copy_from_slice(&key_id.to_be_bytes());
-    out[22..].copy_from_slice(&iteration.to_be_bytes());
+    out[18..34].copy_from_slice(group_id);
+    out[34..38].copy_from_slice(&key_id.to_be_bytes());
+    out[38..].copy_from_slice(&iteration.to_be_bytes());
     out
 }
 
@@ -52,6 +60,8 @@ fn header(key_id: u32, iteration: u32) -> [u8; HEADER_LEN] {
 /// Holds the chain key: send it only inside a pairwise session.
 #[derive(Clone)]
 pub struct SenderKeyDistribution {
+    /// The group.
+    pub group_id: GroupId,
     /// The sender-key id.
     pub key_id: u32,
     /// The iteration the chain key is at.
@@ -80,6 +90,7 @@ impl SenderKeyDistribution {
             iteration: self.iteration,
             chain_key: self.chain_key.as_bytes().to_vec(),
             signing_key: self.signing_key.as_bytes().to_vec(),
+            group_id: self.group_id.to_vec(),
         };
         let bytes = Zeroizing::new(proto.encode_to_vec());
         proto.chain_key.zeroize();
@@ -93,6 +104,7 @@ impl TryFrom<&[u8]> for SenderKeyDistribution {
         let mut proto = wire::SenderKeyDistribution::decode(bytes)?;
         let result = (|| {
             Ok(Self {
+                group_id: fixed("group_id", &proto.group_id)?,
                 key_id: proto.key_id,
                 iteration: proto.iteration,
                 chain_key: ChainKey(fixed("chain_key", &proto.chain_key)?),
@@ -107,6 +119,8 @@ impl TryFrom<&[u8]> for SenderKeyDistribution {
 /// One group message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SenderKeyMessage {
+    /// The group.
+    pub group_id: GroupId,
     /// The sender-key id.
     pub key_id: u32,
     /// The chain iteration of this message.
@@ -119,7 +133,11 @@ pub struct SenderKeyMessage {
 
 impl SenderKeyMessage {
     fn signed_bytes(&self) -> Vec<u8> {
-        [&header(self.key_id, self.iteration)[..], &self.ciphertext].concat()
+        [
+            &header(&self.group_id, self.key_id, self.iteration)[..],
+            &self.ciphertext,
+        ]
+        .concat()
     }
 
     /// Encodes as a `SenderKeyMessage` protobuf.
@@ -129,6 +147,7 @@ impl SenderKeyMessage {
             iteration: self.iteration,
             ciphertext: self.ciphertext.clone(),
             signature: self.signature.to_vec(),
+            group_id: self.group_id.to_vec(),
         }
         .encode_to_vec()
     }
@@ -139,6 +158,7 @@ impl TryFrom<&[u8]> for SenderKeyMessage {
     fn try_from(bytes: &[u8]) -> Result<Self, DecodeError> {
         let proto = wire::SenderKeyMessage::decode(bytes)?;
         Ok(Self {
+            group_id: fixed("group_id", &proto.group_id)?,
             key_id: proto.key_id,
             iteration: proto.iteration,
             signature: fixed("signature", &proto.signature)?,
@@ -156,10 +176,10 @@ struct SenderKeyState {
     skipped: VecDeque<(u32, MessageKey)>,
 }
 
-/// All sender-key states of one (group, sender device): our own chain,
-/// or what we received from another member.
-#[derive(Default)]
+/// All sender-key states of one (group, sender device): our own chains,
+/// or what we received from one other member's device.
 pub struct SenderKeyRecord {
+    group_id: GroupId,
     /// Newest first.
     states: VecDeque<SenderKeyState>,
 }
@@ -172,17 +192,30 @@ impl core::fmt::Debug for SenderKeyRecord {
 }
 
 impl SenderKeyRecord {
-    /// An empty record, to receive another member's distribution into.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty record for `group_id`, to receive another member's
+    /// distribution into.
+    pub fn new(group_id: GroupId) -> Self {
+        Self {
+            group_id,
+            states: VecDeque::new(),
+        }
     }
 
-    /// A record holding a fresh chain of our own.
+    /// A record holding a fresh chain of our own for `group_id`.
     /// Draws 4 bytes (key id, big-endian), 32 (chain key), 32 (signing seed).
-    pub fn generate(rng: &mut impl CryptoRng) -> Self {
-        let mut record = Self::new();
+    pub fn generate(rng: &mut impl CryptoRng, group_id: GroupId) -> Self {
+        let mut record = Self::new(group_id);
         record.rotate(rng);
         record
+    }
+
+    /// The group this record belongs to.
+    pub fn group_id(&self) -> &GroupId {
+        &self.group_id
+    }
+
+    fn newest_own(&mut self) -> Option<&mut SenderKeyState> {
+        self.states.iter_mut().find(|s| s.signing_secret.is_some())
     }
 
     /// Starts a fresh chain of our own (after a membership change) and
@@ -214,8 +247,9 @@ impl SenderKeyRecord {
     /// The distribution message for our newest own chain, at its current
     /// iteration, or `None` if the record holds no chain of ours.
     pub fn distribution(&self) -> Option<SenderKeyDistribution> {
-        let state = self.states.front().filter(|s| s.signing_secret.is_some())?;
+        let state = self.states.iter().find(|s| s.signing_secret.is_some())?;
         Some(SenderKeyDistribution {
+            group_id: self.group_id,
             key_id: state.key_id,
             iteration: state.chain.index,
             chain_key: state.chain.key.clone(),
@@ -226,14 +260,20 @@ impl SenderKeyRecord {
     /// Adds another member's chain. A key id we already hold is kept as
     /// it is (a repeated distribution must not rewind the chain) unless
     /// the new one carries a different signing key, which replaces it.
-    pub fn process(&mut self, distribution: &SenderKeyDistribution) {
+    /// The caller keeps one record per (group, sender device) and feeds
+    /// it only distributions that arrived over that sender's pairwise
+    /// session.
+    pub fn process(&mut self, distribution: &SenderKeyDistribution) -> Result<(), DecryptError> {
+        if distribution.group_id != self.group_id {
+            return Err(DecryptError::WrongGroup);
+        }
         if let Some(existing) = self
             .states
             .iter()
             .position(|s| s.key_id == distribution.key_id)
         {
             if self.states[existing].signing_public == distribution.signing_key {
-                return;
+                return Ok(());
             }
             self.states.remove(existing);
         }
@@ -247,22 +287,21 @@ impl SenderKeyRecord {
             signing_secret: None,
             skipped: VecDeque::new(),
         });
+        Ok(())
     }
 
     /// Encrypts with our newest own chain.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<SenderKeyMessage, EncryptError> {
-        let state = self
-            .states
-            .front_mut()
-            .filter(|s| s.signing_secret.is_some())
-            .ok_or(EncryptError::NotOwnChain)?;
+        let group_id = self.group_id;
+        let state = self.newest_own().ok_or(EncryptError::NotOwnChain)?;
         let (mk, next) = state
             .chain
             .step()
             .map_err(|_| EncryptError::ChainExhausted)?;
-        let head = header(state.key_id, state.chain.index);
+        let head = header(&group_id, state.key_id, state.chain.index);
         let ciphertext = encrypt_with(&mk, MESSAGE_INFO, &[&head], plaintext);
         let mut message = SenderKeyMessage {
+            group_id,
             key_id: state.key_id,
             iteration: state.chain.index,
             ciphertext,
@@ -279,6 +318,9 @@ impl SenderKeyRecord {
     /// Verifies and decrypts a group message. On any error the record is
     /// unchanged.
     pub fn decrypt(&mut self, message: &SenderKeyMessage) -> Result<Vec<u8>, DecryptError> {
+        if message.group_id != self.group_id {
+            return Err(DecryptError::WrongGroup);
+        }
         let state = self
             .states
             .iter_mut()
@@ -288,11 +330,11 @@ impl SenderKeyRecord {
             })?;
         if !state
             .signing_public
-            .verify(&message.signed_bytes(), &message.signature)
+            .verify_rfc8032(&message.signed_bytes(), &message.signature)
         {
             return Err(DecryptError::BadSignature);
         }
-        let head = header(message.key_id, message.iteration);
+        let head = header(&message.group_id, message.key_id, message.iteration);
         if message.iteration < state.chain.index {
             let position = state
                 .skipped
@@ -325,6 +367,7 @@ impl SenderKeyRecord {
     pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut record = state::SenderKeyRecord {
             version: STATE_VERSION,
+            group_id: self.group_id.to_vec(),
             states: self
                 .states
                 .iter()
@@ -369,8 +412,11 @@ impl SenderKeyRecord {
         if record.states.len() > MAX_SENDER_KEY_STATES {
             return Err(DecodeError::Inconsistent("too many sender-key states"));
         }
-        let mut states = VecDeque::new();
+        let mut states: VecDeque<SenderKeyState> = VecDeque::new();
         for s in &record.states {
+            if states.iter().any(|t| t.key_id == s.key_id) {
+                return Err(DecodeError::Inconsistent("repeated sender-key id"));
+            }
             if s.skipped.len() > MAX_SKIPPED_SENDER_KEYS {
                 return Err(DecodeError::Inconsistent("too many skipped sender keys"));
             }
@@ -406,7 +452,10 @@ impl SenderKeyRecord {
                     .collect::<Result<_, DecodeError>>()?,
             });
         }
-        Ok(Self { states })
+        Ok(Self {
+            group_id: fixed("group_id", &record.group_id)?,
+            states,
+        })
     }
 }
 

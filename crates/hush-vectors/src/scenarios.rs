@@ -599,13 +599,14 @@ fn ratchet_conversation(rng: &mut VectorRng) -> Fields {
 }
 
 fn sender_keys(rng: &mut VectorRng) -> Fields {
-    let mut own = SenderKeyRecord::generate(rng);
+    let group_id = [0x67u8; 16];
+    let mut own = SenderKeyRecord::generate(rng, group_id);
     let draws: Vec<Vec<u8>> = rng.draws().to_vec();
     let distribution = own.distribution().ok_or_else(|| anyhow!("no own chain"))?;
     let dist_bytes = distribution.to_bytes();
     let received = SenderKeyDistribution::try_from(dist_bytes.as_slice())?;
-    let mut member = SenderKeyRecord::new();
-    member.process(&received);
+    let mut member = SenderKeyRecord::new(group_id);
+    member.process(&received)?;
 
     let chain_key = <[u8; 32]>::try_from(draws[1].as_slice())?;
     let (mk0, _) = kat::kdf_ck(&chain_key);
@@ -651,6 +652,9 @@ fn sender_keys(rng: &mut VectorRng) -> Fields {
     let mut unknown = messages[2].clone();
     unknown.key_id ^= 0xffff;
     decrypt("unknown_key_id", &unknown, &mut member)?;
+    let mut moved = messages[2].clone();
+    moved.group_id = [0x68; 16];
+    decrypt("other_group", &moved, &mut member)?;
     decrypt("late_genuine", &messages[2], &mut member)?;
     decrypt("in_order_after_gap", &messages[4], &mut member)?;
 
@@ -665,6 +669,7 @@ fn sender_keys(rng: &mut VectorRng) -> Fields {
     decrypt("after_new_distribution", &after, &mut member)?;
 
     Ok(fields(json!({
+        "group_id": h(group_id),
         "key_id": draws[0].iter().fold(0u32, |a, &b| (a << 8) | u32::from(b)),
         "chain_key": h(chain_key),
         "signing_seed": h(&draws[2]),

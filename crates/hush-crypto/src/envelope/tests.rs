@@ -150,6 +150,43 @@ fn another_recipient_cannot_forge_the_sender() {
     assert_eq!(forged.open(carol), Err(OpenError::BadSender));
 }
 
+/// Found in review: a recipient who knows K encrypts a body of its own
+/// and pairs it with another member's genuine slot (the relay holds all
+/// slots). The tag covers the body, so the other member rejects it.
+#[test]
+fn a_genuine_slot_cannot_carry_another_body() {
+    let mut rng = ChaCha20Rng::from_seed([6; 32]);
+    let p = ids(&mut rng, 3);
+    let (sender, bob, carol) = (&p[0], &p[1], &p[2]);
+    let recipients = [bob.public().clone(), carol.public().clone()];
+    let (body, slots) =
+        seal_many(&mut rng, sender, 1, &recipients, ContentType::SenderKey, b"real").expect("seals");
+    let shared = dh(bob.x25519_secret(), &body.ephemeral_key).expect("dh");
+    let bob_mask = mask(&shared, &body.ephemeral_key, bob.public().x25519());
+    let mut m = [0u8; 32];
+    for i in 0..32 {
+        m[i] = slots[0][i] ^ bob_mask[i];
+    }
+    let secret = expand(&m);
+    let fake = wire::SealedContent {
+        sender_identity: sender.public().as_bytes().to_vec(),
+        sender_device: 9,
+        content_type: wire::ContentType::Ratchet as i32,
+        content: b"forged".to_vec(),
+    }
+    .encode_to_vec();
+    let ad = [BODY_AD, &body.ephemeral_key[..]].concat();
+    let forged_body = SealedBody {
+        ephemeral_key: body.ephemeral_key,
+        ciphertext: aead_seal(&secret.body_key, &[0u8; 12], &ad, &pad(&fake).expect("fits")),
+    };
+    let forged = SealedEnvelope {
+        body: forged_body,
+        slot: slots[1],
+    };
+    assert_eq!(forged.open(carol), Err(OpenError::BadSender));
+}
+
 #[test]
 fn tampering_is_detected() {
     let mut rng = ChaCha20Rng::from_seed([5; 32]);

@@ -482,3 +482,43 @@ fn later_prekey_messages_must_match_the_whole_handshake() {
         b"2"
     );
 }
+
+#[test]
+fn one_message_derives_at_most_max_skip_keys_in_all() {
+    let (mut rng, mut alice, mut bob) = established(16);
+    // Alice's current chain: 20,000 messages Bob never sees.
+    for _ in 0..20_000 {
+        alice.encrypt(&mut rng, b"lost").expect("encrypts");
+    }
+    let seen = alice.encrypt(&mut rng, b"seen").expect("encrypts");
+    bob.decrypt(&seen).expect("20,001 ahead is within the limit");
+    let reply = bob.encrypt(&mut rng, b"r").expect("encrypts");
+    alice.decrypt(&reply).expect("decrypts");
+    // A new chain whose previous_counter claims 20,000 more on the old
+    // chain, at counter 6,000: 26,000 keys in all.
+    let m = alice.encrypt(&mut rng, b"new").expect("encrypts");
+    let mut claim = m.ratchet_message().clone();
+    claim.previous_counter += 20_000;
+    claim.counter = 6_000;
+    let before = snapshot(&bob);
+    assert_eq!(
+        bob.decrypt(&SessionMessage::Ratchet(claim)),
+        Err(DecryptError::TooFarAhead {
+            jump: 26_000,
+            limit: MAX_SKIP
+        })
+    );
+    assert_eq!(snapshot(&bob), before);
+    assert_eq!(bob.decrypt(&m).expect("decrypts"), b"new");
+}
+
+#[test]
+fn restore_rejects_inconsistent_chains() {
+    let (_, alice, _) = established(17);
+    let mut record = state::SessionRecord::decode(alice.to_bytes().as_slice()).expect("decodes");
+    record.their_ratchet_key = vec![1; 32];
+    assert_eq!(
+        Session::from_bytes(&record.encode_to_vec()).err(),
+        Some(DecodeError::Inconsistent("newest chain is not their ratchet key"))
+    );
+}

@@ -1,15 +1,17 @@
 use super::*;
 use crate::chain::MAX_SKIP;
+
+const GROUP: GroupId = [0x47; 16];
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 fn group(seed: u8) -> (ChaCha20Rng, SenderKeyRecord, SenderKeyRecord) {
     let mut rng = ChaCha20Rng::from_seed([seed; 32]);
-    let own = SenderKeyRecord::generate(&mut rng);
+    let own = SenderKeyRecord::generate(&mut rng, GROUP);
     let dist = own.distribution().expect("own chain");
     let wire = SenderKeyDistribution::try_from(dist.to_bytes().as_slice()).expect("decodes");
-    let mut theirs = SenderKeyRecord::new();
-    theirs.process(&wire);
+    let mut theirs = SenderKeyRecord::new(GROUP);
+    theirs.process(&wire).expect("same group");
     (rng, own, theirs)
 }
 
@@ -63,7 +65,7 @@ fn failures_change_nothing() {
         Err(DecryptError::TooFarAhead { .. })
     ));
     // Signed by someone else's key under the same key id.
-    let mut other = SenderKeyRecord::generate(&mut rng);
+    let mut other = SenderKeyRecord::generate(&mut rng, GROUP);
     let mut forged = other.encrypt(b"x").expect("encrypts");
     forged.key_id = m.key_id;
     assert_eq!(theirs.decrypt(&forged), Err(DecryptError::BadSignature));
@@ -87,18 +89,18 @@ fn rotation_and_late_distribution() {
         Err(DecryptError::UnknownSenderKey { .. })
     ));
     // A member who gets the new distribution reads new messages.
-    theirs.process(&rotated);
+    theirs.process(&rotated).expect("same group");
     assert_eq!(theirs.decrypt(&after).expect("decrypts"), b"after");
     assert_eq!(theirs.decrypt(&before).expect("decrypts"), b"before");
     // A late joiner given the current chain cannot read earlier messages.
-    let mut late = SenderKeyRecord::new();
-    late.process(&own.distribution().expect("own"));
+    let mut late = SenderKeyRecord::new(GROUP);
+    late.process(&own.distribution().expect("own")).expect("same group");
     assert_eq!(late.decrypt(&after), Err(DecryptError::Duplicate));
     let next = own.encrypt(b"next").expect("encrypts");
     assert_eq!(late.decrypt(&next).expect("decrypts"), b"next");
     // Re-processing an old distribution does not rewind the chain.
     let again = own.distribution().expect("own");
-    theirs.process(&again);
+    theirs.process(&again).expect("same group");
     assert_eq!(theirs.decrypt(&next).expect("decrypts"), b"next");
     assert_eq!(theirs.decrypt(&next), Err(DecryptError::Duplicate));
 }
@@ -108,7 +110,7 @@ fn states_are_bounded_and_receivers_cannot_send() {
     let (mut rng, mut own, mut theirs) = group(4);
     for _ in 0..(MAX_SENDER_KEY_STATES + 2) {
         own.rotate(&mut rng);
-        theirs.process(&own.distribution().expect("own"));
+        theirs.process(&own.distribution().expect("own")).expect("same group");
     }
     assert_eq!(theirs.states.len(), MAX_SENDER_KEY_STATES);
     assert_eq!(own.states.len(), MAX_SENDER_KEY_STATES);
@@ -133,4 +135,38 @@ fn state_round_trip_and_redaction() {
         SenderKeyRecord::from_bytes(&other.encode_to_vec()).err(),
         Some(DecodeError::Inconsistent("signing key pair mismatch"))
     );
+}
+
+#[test]
+fn other_groups_are_rejected() {
+    let (mut rng, mut own, mut theirs) = group(6);
+    let mut elsewhere = SenderKeyRecord::generate(&mut rng, [1; 16]);
+    let m = elsewhere.encrypt(b"x").expect("encrypts");
+    assert_eq!(theirs.decrypt(&m), Err(DecryptError::WrongGroup));
+    assert_eq!(
+        theirs.process(&elsewhere.distribution().expect("own")),
+        Err(DecryptError::WrongGroup)
+    );
+    // Changing the group id of a genuine message breaks its signature.
+    let mut moved = own.encrypt(b"y").expect("encrypts");
+    moved.group_id = [1; 16];
+    let mut other_group = SenderKeyRecord::new([1; 16]);
+    let mut dist = own.distribution().expect("own");
+    dist.group_id = [1; 16];
+    other_group.process(&dist).expect("same group");
+    assert_eq!(other_group.decrypt(&moved), Err(DecryptError::BadSignature));
+}
+
+#[test]
+fn own_chain_is_used_even_behind_a_received_one() {
+    let (_, mut own, theirs) = group(7);
+    let foreign = {
+        let mut rng = ChaCha20Rng::from_seed([8; 32]);
+        SenderKeyRecord::generate(&mut rng, GROUP).distribution().expect("own")
+    };
+    own.process(&foreign).expect("same group");
+    let mut theirs = theirs;
+    let m = own.encrypt(b"still mine").expect("encrypts");
+    assert_eq!(theirs.decrypt(&m).expect("decrypts"), b"still mine");
+    assert_eq!(own.distribution().expect("own").key_id, m.key_id);
 }
