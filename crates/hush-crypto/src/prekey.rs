@@ -42,7 +42,10 @@ fn generate_secret(rng: &mut impl CryptoRng) -> StaticSecret {
 /// Field names for decode errors: (public key, signature).
 type Fields = (&'static str, &'static str);
 const SIGNED_FIELDS: Fields = ("signed_prekey.public_key", "signed_prekey.signature");
-const LAST_RESORT_FIELDS: Fields = ("last_resort_prekey.public_key", "last_resort_prekey.signature");
+const LAST_RESORT_FIELDS: Fields = (
+    "last_resort_prekey.public_key",
+    "last_resort_prekey.signature",
+);
 
 /// A signed prekey or last-resort prekey as published (public part).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,9 +186,9 @@ impl TryFrom<&[u8]> for PreKeyBundle {
                     public: fixed("one_time_prekey.public_key", &k.public_key)?,
                 }))
             }
-            Some(wire::pre_key_bundle::Extra::LastResortPrekey(k)) => {
-                Some(ExtraPreKey::LastResort(SignedPreKey::decode(k, LAST_RESORT_FIELDS)?))
-            }
+            Some(wire::pre_key_bundle::Extra::LastResortPrekey(k)) => Some(
+                ExtraPreKey::LastResort(SignedPreKey::decode(k, LAST_RESORT_FIELDS)?),
+            ),
         };
         Ok(Self {
             identity: IdentityKey::decode("identity_key", &proto.identity_key)?,

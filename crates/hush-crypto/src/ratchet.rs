@@ -493,10 +493,9 @@ impl Session {
         // previous_counter, then take the receiving half of a DH step.
         // One message may make us derive at most MAX_SKIP keys in all,
         // across the old chain's tail and the new chain's head.
-        let tail = self
-            .receiving
-            .front()
-            .map_or(0, |newest| message.previous_counter.saturating_sub(newest.chain.index));
+        let tail = self.receiving.front().map_or(0, |newest| {
+            message.previous_counter.saturating_sub(newest.chain.index)
+        });
         let jump = tail.saturating_add(message.counter);
         if jump > MAX_SKIP {
             return Err(DecryptError::TooFarAhead {
@@ -674,7 +673,11 @@ impl Session {
             ));
         }
         for (i, chain) in receiving.iter().enumerate() {
-            if receiving.iter().skip(i + 1).any(|c| c.ratchet_key == chain.ratchet_key) {
+            if receiving
+                .iter()
+                .skip(i + 1)
+                .any(|c| c.ratchet_key == chain.ratchet_key)
+            {
                 return Err(DecodeError::Inconsistent("repeated receiving chain"));
             }
         }
@@ -683,7 +686,9 @@ impl Session {
             .front()
             .is_some_and(|newest| newest.ratchet_key != their_ratchet_key)
         {
-            return Err(DecodeError::Inconsistent("newest chain is not their ratchet key"));
+            return Err(DecodeError::Inconsistent(
+                "newest chain is not their ratchet key",
+            ));
         }
         let local_identity = IdentityKey::decode("local_identity", &record.local_identity)?;
         let remote_identity = IdentityKey::decode("remote_identity", &record.remote_identity)?;

@@ -619,6 +619,7 @@ fn sender_keys(rng: &mut VectorRng) -> Fields {
         .collect::<Result<_, _>>()?;
     let header0 = [
         &b"hush-sender-key-v1"[..],
+        &group_id,
         &messages[0].key_id.to_be_bytes(),
         &0u32.to_be_bytes(),
     ]
@@ -665,7 +666,7 @@ fn sender_keys(rng: &mut VectorRng) -> Fields {
     decrypt("before_new_distribution", &after, &mut member)?;
     member.process(&SenderKeyDistribution::try_from(
         rotated.to_bytes().as_slice(),
-    )?);
+    )?)?;
     decrypt("after_new_distribution", &after, &mut member)?;
 
     Ok(fields(json!({

@@ -159,8 +159,15 @@ fn a_genuine_slot_cannot_carry_another_body() {
     let p = ids(&mut rng, 3);
     let (sender, bob, carol) = (&p[0], &p[1], &p[2]);
     let recipients = [bob.public().clone(), carol.public().clone()];
-    let (body, slots) =
-        seal_many(&mut rng, sender, 1, &recipients, ContentType::SenderKey, b"real").expect("seals");
+    let (body, slots) = seal_many(
+        &mut rng,
+        sender,
+        1,
+        &recipients,
+        ContentType::SenderKey,
+        b"real",
+    )
+    .expect("seals");
     let shared = dh(bob.x25519_secret(), &body.ephemeral_key).expect("dh");
     let bob_mask = mask(&shared, &body.ephemeral_key, bob.public().x25519());
     let mut m = [0u8; 32];
@@ -178,7 +185,12 @@ fn a_genuine_slot_cannot_carry_another_body() {
     let ad = [BODY_AD, &body.ephemeral_key[..]].concat();
     let forged_body = SealedBody {
         ephemeral_key: body.ephemeral_key,
-        ciphertext: aead_seal(&secret.body_key, &[0u8; 12], &ad, &pad(&fake).expect("fits")),
+        ciphertext: aead_seal(
+            &secret.body_key,
+            &[0u8; 12],
+            &ad,
+            &pad(&fake).expect("fits"),
+        ),
     };
     let forged = SealedEnvelope {
         body: forged_body,

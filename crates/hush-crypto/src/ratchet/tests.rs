@@ -491,7 +491,8 @@ fn one_message_derives_at_most_max_skip_keys_in_all() {
         alice.encrypt(&mut rng, b"lost").expect("encrypts");
     }
     let seen = alice.encrypt(&mut rng, b"seen").expect("encrypts");
-    bob.decrypt(&seen).expect("20,001 ahead is within the limit");
+    bob.decrypt(&seen)
+        .expect("20,001 ahead is within the limit");
     let reply = bob.encrypt(&mut rng, b"r").expect("encrypts");
     alice.decrypt(&reply).expect("decrypts");
     // A new chain whose previous_counter claims 20,000 more on the old
@@ -519,6 +520,8 @@ fn restore_rejects_inconsistent_chains() {
     record.their_ratchet_key = vec![1; 32];
     assert_eq!(
         Session::from_bytes(&record.encode_to_vec()).err(),
-        Some(DecodeError::Inconsistent("newest chain is not their ratchet key"))
+        Some(DecodeError::Inconsistent(
+            "newest chain is not their ratchet key"
+        ))
     );
 }

@@ -94,7 +94,8 @@ fn rotation_and_late_distribution() {
     assert_eq!(theirs.decrypt(&before).expect("decrypts"), b"before");
     // A late joiner given the current chain cannot read earlier messages.
     let mut late = SenderKeyRecord::new(GROUP);
-    late.process(&own.distribution().expect("own")).expect("same group");
+    late.process(&own.distribution().expect("own"))
+        .expect("same group");
     assert_eq!(late.decrypt(&after), Err(DecryptError::Duplicate));
     let next = own.encrypt(b"next").expect("encrypts");
     assert_eq!(late.decrypt(&next).expect("decrypts"), b"next");
@@ -110,7 +111,9 @@ fn states_are_bounded_and_receivers_cannot_send() {
     let (mut rng, mut own, mut theirs) = group(4);
     for _ in 0..(MAX_SENDER_KEY_STATES + 2) {
         own.rotate(&mut rng);
-        theirs.process(&own.distribution().expect("own")).expect("same group");
+        theirs
+            .process(&own.distribution().expect("own"))
+            .expect("same group");
     }
     assert_eq!(theirs.states.len(), MAX_SENDER_KEY_STATES);
     assert_eq!(own.states.len(), MAX_SENDER_KEY_STATES);
@@ -162,7 +165,9 @@ fn own_chain_is_used_even_behind_a_received_one() {
     let (_, mut own, theirs) = group(7);
     let foreign = {
         let mut rng = ChaCha20Rng::from_seed([8; 32]);
-        SenderKeyRecord::generate(&mut rng, GROUP).distribution().expect("own")
+        SenderKeyRecord::generate(&mut rng, GROUP)
+            .distribution()
+            .expect("own")
     };
     own.process(&foreign).expect("same group");
     let mut theirs = theirs;
