@@ -1,3 +1,6 @@
+// A benchmark aborts if its setup fails: nothing to recover.
+#![allow(clippy::expect_used, clippy::panic)]
+
 //! hush-crypto benchmarks, with vodozemac (Matrix's Olm and Megolm) on
 //! the same message pattern in the same run. 64-byte messages throughout.
 //!
