@@ -12,8 +12,8 @@ use crate::error::DecryptError;
 use crate::primitives::{hkdf, hmac, open, seal};
 use crate::secret::{ChainKey, MessageKey};
 
-/// The most message keys one message may make a receiver derive in one
-/// chain (`spec/ratchet.md`, "Limits").
+/// The most message keys one message may make a receiver derive, across
+/// all chains it touches (`spec/ratchet.md`, "Limits").
 pub const MAX_SKIP: u32 = 25_000;
 
 /// A chain key and the index of the next message key it yields.

@@ -31,7 +31,7 @@ pub enum DecodeError {
     UnsupportedVersion {
         /// The version found.
         found: u32,
-        /// The newest version this build reads.
+        /// The version this build reads.
         supported: u32,
     },
     /// Padding that does not follow `spec/envelope.md`.

@@ -219,10 +219,18 @@ impl SenderKeyRecord {
     }
 
     /// Starts a fresh chain of our own (after a membership change) and
-    /// makes it the one [`Self::encrypt`] uses. Draws like [`Self::generate`].
+    /// makes it the one [`Self::encrypt`] uses. Draws like [`Self::generate`];
+    /// a key id already in the record is drawn again (4 more bytes).
     pub fn rotate(&mut self, rng: &mut impl CryptoRng) {
         let mut id = [0u8; 4];
         rng.fill_bytes(&mut id);
+        while self
+            .states
+            .iter()
+            .any(|s| s.key_id == u32::from_be_bytes(id))
+        {
+            rng.fill_bytes(&mut id);
+        }
         let mut chain_key = [0u8; 32];
         rng.fill_bytes(&mut chain_key);
         let mut seed = Zeroizing::new([0u8; 32]);
@@ -259,7 +267,8 @@ impl SenderKeyRecord {
 
     /// Adds another member's chain. A key id we already hold is kept as
     /// it is (a repeated distribution must not rewind the chain) unless
-    /// the new one carries a different signing key, which replaces it.
+    /// the new one carries a different signing key, which replaces it;
+    /// a chain of our own is never replaced.
     /// The caller keeps one record per (group, sender device) and feeds
     /// it only distributions that arrived over that sender's pairwise
     /// session.
@@ -272,7 +281,8 @@ impl SenderKeyRecord {
             .iter()
             .position(|s| s.key_id == distribution.key_id)
         {
-            if self.states[existing].signing_public == distribution.signing_key {
+            let state = &self.states[existing];
+            if state.signing_public == distribution.signing_key || state.signing_secret.is_some() {
                 return Ok(());
             }
             self.states.remove(existing);

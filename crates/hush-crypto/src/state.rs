@@ -2,7 +2,7 @@
 
 use crate::DecodeError;
 
-/// The state format version this build writes and the newest it reads.
+/// The state format version this build writes and reads (exactly).
 pub(crate) const STATE_VERSION: u32 = 1;
 
 /// Rejects records from an unknown (newer, or unset) format version.

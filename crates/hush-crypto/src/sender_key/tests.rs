@@ -170,6 +170,11 @@ fn own_chain_is_used_even_behind_a_received_one() {
             .expect("own")
     };
     own.process(&foreign).expect("same group");
+    // A distribution reusing our key id with another signing key does
+    // not replace our chain.
+    let mut impostor = foreign.clone();
+    impostor.key_id = own.distribution().expect("own").key_id;
+    own.process(&impostor).expect("same group");
     let mut theirs = theirs;
     let m = own.encrypt(b"still mine").expect("encrypts");
     assert_eq!(theirs.decrypt(&m).expect("decrypts"), b"still mine");
