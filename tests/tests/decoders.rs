@@ -1,3 +1,6 @@
+// Test code: a failed setup step should abort the test.
+#![allow(clippy::expect_used, clippy::panic)]
+
 //! Every decoder on random bytes and on mutated valid encodings: an
 //! error, never a panic; and whatever decodes re-encodes to an equal
 //! value. (The fuzz targets in fuzz/ do the same, coverage-guided.)
