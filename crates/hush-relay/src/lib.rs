@@ -1,0 +1,9 @@
+//! The hush relay (`spec/relay.md`): a prekey directory and durable,
+//! opaque per-device queues, served over QUIC.
+//!
+//! The relay logic works on plain types over a [`store::Store`]; the
+//! QUIC shell only moves frames.
+
+#![warn(missing_docs)]
+
+pub mod store;

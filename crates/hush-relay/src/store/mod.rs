@@ -1,0 +1,187 @@
+//! Storage behind the relay (`spec/relay.md`, "Storage"): devices and
+//! their prekeys, per-device queues of opaque envelopes, and message ids
+//! for idempotent resends. Nothing here knows who sent an envelope.
+//!
+//! Every operation that writes is durable when its future resolves:
+//! callers answer the network only after that (persist before ack).
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use thiserror::Error;
+
+/// A device: the 32-byte Ed25519 identity key it authenticates with. It
+/// names the device's queue and its directory entry.
+pub type DeviceKey = [u8; 32];
+
+/// A sender-chosen message id; a resend reuses it.
+pub type MessageId = [u8; 16];
+
+/// A recipient's key slot in a sealed envelope.
+pub type Slot = [u8; 48];
+
+/// A signed prekey or last-resort prekey, as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedKey {
+    /// Prekey id.
+    pub id: u32,
+    /// X25519 public key.
+    pub public: [u8; 32],
+    /// Ed25519 signature by the device key.
+    pub signature: [u8; 64],
+}
+
+/// A checked prekey upload (signatures verified by the caller).
+#[derive(Clone, Debug)]
+pub struct PrekeyUpload {
+    /// The signed prekey.
+    pub signed: SignedKey,
+    /// The last-resort prekey.
+    pub last_resort: SignedKey,
+    /// One-time prekeys; if non-empty they replace the stored set.
+    pub one_time: Vec<(u32, [u8; 32])>,
+}
+
+/// What a bundle fetch returns: the device's prekeys with at most one
+/// one-time prekey, which is gone from the store once this is returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleParts {
+    /// The signed prekey.
+    pub signed: SignedKey,
+    /// The last-resort prekey.
+    pub last_resort: SignedKey,
+    /// A one-time prekey, taken; `None` when the stock is empty.
+    pub one_time: Option<(u32, [u8; 32])>,
+}
+
+/// An envelope to enqueue for one or more devices.
+#[derive(Clone, Debug)]
+pub struct NewEnvelope {
+    /// Idempotency key.
+    pub message_id: MessageId,
+    /// The sealed body, stored once.
+    pub body: Vec<u8>,
+    /// Recipient queues with their slots; no device twice.
+    pub recipients: Vec<(DeviceKey, Slot)>,
+    /// Unix seconds after which the envelope is swept.
+    pub expires_at: u64,
+}
+
+/// Per-queue limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most envelopes waiting in one queue.
+    pub max_envelopes: u64,
+    /// Most bytes (body + slot) waiting in one queue.
+    pub max_bytes: u64,
+}
+
+/// What [`Store::enqueue`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored: each recipient's sequence number, in request order.
+    Stored(Vec<u64>),
+    /// The message id was already stored; nothing was added.
+    Duplicate,
+}
+
+/// An envelope in a queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Per-queue sequence number.
+    pub seq: u64,
+    /// The sealed body.
+    pub body: Vec<u8>,
+    /// This queue's slot.
+    pub slot: Slot,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A page of a queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// Envelopes after the requested sequence number, in order.
+    pub envelopes: Vec<StoredEnvelope>,
+    /// Nothing follows the last envelope.
+    pub queue_empty: bool,
+}
+
+/// Storage failures.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StoreError {
+    /// Some recipient devices are not registered; nothing was stored.
+    #[error("{} unknown recipient device(s)", .0.len())]
+    UnknownDevices(Vec<DeviceKey>),
+    /// Some recipient queues are full; nothing was stored.
+    #[error("{} recipient queue(s) over quota", .0.len())]
+    Quota(Vec<DeviceKey>),
+    /// The database failed; nothing of the operation was stored.
+    #[error("storage failure: {0}")]
+    Backend(String),
+    /// The store is shutting down.
+    #[error("store closed")]
+    Closed,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The relay's storage. Implemented for SQLite (embedded default) and
+/// PostgreSQL (several relays, one database).
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces a device's prekeys. Returns the one-time stock.
+    fn register(
+        &self,
+        device: DeviceKey,
+        upload: PrekeyUpload,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Takes a bundle, removing the one-time prekey it carries. Under
+    /// any concurrency no one-time prekey is returned twice. `None` for
+    /// an unknown device.
+    fn take_bundle(
+        &self,
+        device: DeviceKey,
+    ) -> impl Future<Output = Result<Option<BundleParts>, StoreError>> + Send;
+
+    /// The one-time prekey stock, `None` for an unknown device.
+    fn prekey_count(
+        &self,
+        device: DeviceKey,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
+
+    /// Stores an envelope in every recipient queue, or nothing.
+    fn enqueue(
+        &self,
+        envelope: NewEnvelope,
+        limits: QueueLimits,
+    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+
+    /// Deletes envelopes with `seq <= after`, then returns up to `max`
+    /// envelopes with `seq > after`.
+    fn page(
+        &self,
+        device: DeviceKey,
+        after: u64,
+        max: u32,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Deletes the listed envelopes; returns how many existed.
+    fn ack(
+        &self,
+        device: DeviceKey,
+        seqs: Vec<u64>,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Envelopes waiting in a queue.
+    fn queue_len(&self, device: DeviceKey) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deletes envelopes and message ids expired at `now`; returns the
+    /// number of envelopes removed.
+    fn sweep(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}

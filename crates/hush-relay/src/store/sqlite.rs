@@ -1,0 +1,831 @@
+//! The embedded SQLite store (`spec/relay.md`, "Storage").
+//!
+//! One writer task owns the database connection. Callers send it jobs;
+//! it takes every job waiting, runs them in one transaction, commits
+//! (WAL, `synchronous = FULL`: the commit is on disk), and only then
+//! answers each caller. Commits happen whenever the writer is free, so
+//! a busy relay batches many envelopes per fsync and an idle one
+//! commits at once. If a batch fails, its jobs are retried one by one
+//! so one bad job cannot fail the others.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    BundleParts, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload, QueueLimits, SignedKey,
+    Store, StoreError, StoredEnvelope,
+};
+
+/// Jobs taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS devices (
+        device_key BLOB PRIMARY KEY,
+        spk_id INTEGER NOT NULL, spk_public BLOB NOT NULL, spk_signature BLOB NOT NULL,
+        lr_id INTEGER NOT NULL, lr_public BLOB NOT NULL, lr_signature BLOB NOT NULL,
+        next_seq INTEGER NOT NULL DEFAULT 0,
+        queued_count INTEGER NOT NULL DEFAULT 0,
+        queued_bytes INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS one_time_prekeys (
+        device_key BLOB NOT NULL, id INTEGER NOT NULL, public_key BLOB NOT NULL,
+        PRIMARY KEY (device_key, id)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS bodies (
+        id INTEGER PRIMARY KEY, data BLOB NOT NULL, refs INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS bodies_unreferenced ON bodies (id) WHERE refs <= 0",
+    "CREATE TABLE IF NOT EXISTS queue (
+        device_key BLOB NOT NULL, seq INTEGER NOT NULL, body_id INTEGER NOT NULL,
+        slot BLOB NOT NULL, size INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+        PRIMARY KEY (device_key, seq)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS queue_expiry ON queue (expires_at)",
+    "CREATE INDEX IF NOT EXISTS queue_body ON queue (body_id)",
+    "CREATE TABLE IF NOT EXISTS sent_messages (
+        message_id BLOB PRIMARY KEY, expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS sent_expiry ON sent_messages (expires_at)",
+    "PRAGMA user_version = 1",
+];
+
+enum Op {
+    Register(DeviceKey, PrekeyUpload),
+    TakeBundle(DeviceKey),
+    PrekeyCount(DeviceKey),
+    Enqueue(NewEnvelope, QueueLimits),
+    Page(DeviceKey, u64, u32),
+    Ack(DeviceKey, Vec<u64>),
+    QueueLen(DeviceKey),
+    Sweep(u64),
+}
+
+enum Answer {
+    Count(u32),
+    Bundle(Box<Option<BundleParts>>),
+    MaybeCount(Option<u32>),
+    Enqueued(Result<Enqueued, StoreError>),
+    Page(Page),
+    Number(u64),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Answer, StoreError>>,
+}
+
+/// The SQLite store. Cheap to clone; all clones share one writer.
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        for statement in SCHEMA {
+            sqlx::query(*statement).execute(&mut conn).await?;
+        }
+        let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer(conn, rx));
+        Ok(Self { jobs })
+    }
+
+    async fn call(&self, op: Op) -> Result<Answer, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Backend("writer answered a different operation".into())
+}
+
+impl Store for SqliteStore {
+    async fn register(&self, device: DeviceKey, upload: PrekeyUpload) -> Result<u32, StoreError> {
+        match self.call(Op::Register(device, upload)).await? {
+            Answer::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn take_bundle(&self, device: DeviceKey) -> Result<Option<BundleParts>, StoreError> {
+        match self.call(Op::TakeBundle(device)).await? {
+            Answer::Bundle(b) => Ok(*b),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn prekey_count(&self, device: DeviceKey) -> Result<Option<u32>, StoreError> {
+        match self.call(Op::PrekeyCount(device)).await? {
+            Answer::MaybeCount(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        envelope: NewEnvelope,
+        limits: QueueLimits,
+    ) -> Result<Enqueued, StoreError> {
+        match self.call(Op::Enqueue(envelope, limits)).await? {
+            Answer::Enqueued(result) => result,
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn page(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
+        match self.call(Op::Page(device, after, max)).await? {
+            Answer::Page(page) => Ok(page),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn ack(&self, device: DeviceKey, seqs: Vec<u64>) -> Result<u32, StoreError> {
+        match self.call(Op::Ack(device, seqs)).await? {
+            Answer::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn queue_len(&self, device: DeviceKey) -> Result<u64, StoreError> {
+        match self.call(Op::QueueLen(device)).await? {
+            Answer::Number(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        match self.call(Op::Sweep(now)).await? {
+            Answer::Number(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        match run(&mut conn, &batch).await {
+            Ok(answers) => {
+                for (job, answer) in batch.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            // Retry one by one: a failing job must not fail the others.
+            Err(_) if batch.len() > 1 => {
+                for job in batch {
+                    let result = run(&mut conn, std::slice::from_ref(&job))
+                        .await
+                        .map(|mut answers| answers.pop());
+                    let _ = job.reply.send(match result {
+                        Ok(Some(answer)) => Ok(answer),
+                        Ok(None) => Err(unexpected()),
+                        Err(e) => Err(e),
+                    });
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone_kind()));
+                }
+            }
+        }
+    }
+}
+
+impl StoreError {
+    fn clone_kind(&self) -> StoreError {
+        match self {
+            StoreError::UnknownDevices(d) => StoreError::UnknownDevices(d.clone()),
+            StoreError::Quota(d) => StoreError::Quota(d.clone()),
+            StoreError::Backend(m) => StoreError::Backend(m.clone()),
+            StoreError::Closed => StoreError::Closed,
+        }
+    }
+}
+
+/// Runs jobs in one transaction; answers only if it committed.
+async fn run(conn: &mut SqliteConnection, batch: &[Job]) -> Result<Vec<Answer>, StoreError> {
+    let mut tx = conn.begin().await?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        answers.push(execute(&mut tx, &job.op).await?);
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+type Tx<'c> = Transaction<'c, Sqlite>;
+
+fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn u64_of(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
+    Ok(match op {
+        Op::Register(device, upload) => Answer::Count(register(tx, device, upload).await?),
+        Op::TakeBundle(device) => Answer::Bundle(Box::new(take_bundle(tx, device).await?)),
+        Op::PrekeyCount(device) => Answer::MaybeCount(prekey_count(tx, device).await?),
+        Op::Enqueue(envelope, limits) => Answer::Enqueued(enqueue(tx, envelope, *limits).await?),
+        Op::Page(device, after, max) => Answer::Page(page(tx, device, *after, *max).await?),
+        Op::Ack(device, seqs) => {
+            let mut deleted = 0u32;
+            for seq in seqs {
+                deleted +=
+                    u32::try_from(remove(tx, Removal::One(device, *seq)).await?).unwrap_or(0);
+            }
+            Answer::Count(deleted)
+        }
+        Op::QueueLen(device) => {
+            let row = sqlx::query("SELECT queued_count FROM devices WHERE device_key = ?")
+                .bind(&device[..])
+                .fetch_optional(&mut **tx)
+                .await?;
+            Answer::Number(row.map_or(0, |r| u64_of(r.get(0))))
+        }
+        Op::Sweep(now) => {
+            let removed = remove(tx, Removal::Expired(*now)).await?;
+            sqlx::query("DELETE FROM sent_messages WHERE expires_at <= ?")
+                .bind(i64_of(*now))
+                .execute(&mut **tx)
+                .await?;
+            Answer::Number(removed)
+        }
+    })
+}
+
+async fn register(
+    tx: &mut Tx<'_>,
+    device: &DeviceKey,
+    upload: &PrekeyUpload,
+) -> Result<u32, StoreError> {
+    let (s, l) = (&upload.signed, &upload.last_resort);
+    sqlx::query(
+        "INSERT INTO devices (device_key, spk_id, spk_public, spk_signature, lr_id, lr_public, lr_signature)
+         VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (device_key) DO UPDATE SET
+           spk_id = excluded.spk_id, spk_public = excluded.spk_public, spk_signature = excluded.spk_signature,
+           lr_id = excluded.lr_id, lr_public = excluded.lr_public, lr_signature = excluded.lr_signature",
+    )
+    .bind(&device[..])
+    .bind(i64::from(s.id))
+    .bind(&s.public[..])
+    .bind(&s.signature[..])
+    .bind(i64::from(l.id))
+    .bind(&l.public[..])
+    .bind(&l.signature[..])
+    .execute(&mut **tx)
+    .await?;
+    if !upload.one_time.is_empty() {
+        sqlx::query("DELETE FROM one_time_prekeys WHERE device_key = ?")
+            .bind(&device[..])
+            .execute(&mut **tx)
+            .await?;
+        for (id, public) in &upload.one_time {
+            sqlx::query("INSERT OR REPLACE INTO one_time_prekeys (device_key, id, public_key) VALUES (?, ?, ?)")
+                .bind(&device[..])
+                .bind(i64::from(*id))
+                .bind(&public[..])
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(prekey_count(tx, device).await?.unwrap_or(0))
+}
+
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Backend("stored key has the wrong length".into()))
+}
+
+fn u32_of(n: i64) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| StoreError::Backend("stored id out of range".into()))
+}
+
+async fn take_bundle(
+    tx: &mut Tx<'_>,
+    device: &DeviceKey,
+) -> Result<Option<BundleParts>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT spk_id, spk_public, spk_signature, lr_id, lr_public, lr_signature
+         FROM devices WHERE device_key = ?",
+    )
+    .bind(&device[..])
+    .fetch_optional(&mut **tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let signed = SignedKey {
+        id: u32_of(row.get(0))?,
+        public: fixed(row.get::<&[u8], _>(1))?,
+        signature: fixed(row.get::<&[u8], _>(2))?,
+    };
+    let last_resort = SignedKey {
+        id: u32_of(row.get(3))?,
+        public: fixed(row.get::<&[u8], _>(4))?,
+        signature: fixed(row.get::<&[u8], _>(5))?,
+    };
+    // The writer is the only connection: take and delete are one step.
+    let taken = sqlx::query(
+        "DELETE FROM one_time_prekeys WHERE device_key = ?1 AND id =
+           (SELECT id FROM one_time_prekeys WHERE device_key = ?1 ORDER BY id LIMIT 1)
+         RETURNING id, public_key",
+    )
+    .bind(&device[..])
+    .fetch_optional(&mut **tx)
+    .await?;
+    let one_time = match taken {
+        Some(r) => Some((u32_of(r.get(0))?, fixed(r.get::<&[u8], _>(1))?)),
+        None => None,
+    };
+    Ok(Some(BundleParts {
+        signed,
+        last_resort,
+        one_time,
+    }))
+}
+
+async fn prekey_count(tx: &mut Tx<'_>, device: &DeviceKey) -> Result<Option<u32>, StoreError> {
+    let known = sqlx::query("SELECT 1 FROM devices WHERE device_key = ?")
+        .bind(&device[..])
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+    if !known {
+        return Ok(None);
+    }
+    let n: i64 = sqlx::query("SELECT COUNT(*) FROM one_time_prekeys WHERE device_key = ?")
+        .bind(&device[..])
+        .fetch_one(&mut **tx)
+        .await?
+        .get(0);
+    Ok(Some(u32_of(n)?))
+}
+
+async fn enqueue(
+    tx: &mut Tx<'_>,
+    envelope: &NewEnvelope,
+    limits: QueueLimits,
+) -> Result<Result<Enqueued, StoreError>, StoreError> {
+    let seen = sqlx::query("SELECT 1 FROM sent_messages WHERE message_id = ?")
+        .bind(&envelope.message_id[..])
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+    if seen {
+        return Ok(Ok(Enqueued::Duplicate));
+    }
+    let size = envelope.body.len() as u64 + 48;
+    let mut unknown = Vec::new();
+    let mut full = Vec::new();
+    let mut next = Vec::with_capacity(envelope.recipients.len());
+    for (device, _) in &envelope.recipients {
+        let row = sqlx::query(
+            "SELECT next_seq, queued_count, queued_bytes FROM devices WHERE device_key = ?",
+        )
+        .bind(&device[..])
+        .fetch_optional(&mut **tx)
+        .await?;
+        match row {
+            None => unknown.push(*device),
+            Some(r) => {
+                let (seq, count, bytes) = (u64_of(r.get(0)), u64_of(r.get(1)), u64_of(r.get(2)));
+                if count + 1 > limits.max_envelopes || bytes + size > limits.max_bytes {
+                    full.push(*device);
+                }
+                next.push(seq + 1);
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Ok(Err(StoreError::UnknownDevices(unknown)));
+    }
+    if !full.is_empty() {
+        return Ok(Err(StoreError::Quota(full)));
+    }
+    let body_id: i64 = sqlx::query("INSERT INTO bodies (data, refs) VALUES (?, ?) RETURNING id")
+        .bind(&envelope.body[..])
+        .bind(envelope.recipients.len() as i64)
+        .fetch_one(&mut **tx)
+        .await?
+        .get(0);
+    for ((device, slot), seq) in envelope.recipients.iter().zip(&next) {
+        sqlx::query(
+            "INSERT INTO queue (device_key, seq, body_id, slot, size, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&device[..])
+        .bind(i64_of(*seq))
+        .bind(body_id)
+        .bind(&slot[..])
+        .bind(i64_of(size))
+        .bind(i64_of(envelope.expires_at))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE devices SET next_seq = ?, queued_count = queued_count + 1, queued_bytes = queued_bytes + ?
+             WHERE device_key = ?",
+        )
+        .bind(i64_of(*seq))
+        .bind(i64_of(size))
+        .bind(&device[..])
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("INSERT INTO sent_messages (message_id, expires_at) VALUES (?, ?)")
+        .bind(&envelope.message_id[..])
+        .bind(i64_of(envelope.expires_at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(Ok(Enqueued::Stored(next)))
+}
+
+async fn page(
+    tx: &mut Tx<'_>,
+    device: &DeviceKey,
+    after: u64,
+    max: u32,
+) -> Result<Page, StoreError> {
+    remove(tx, Removal::UpTo(device, after)).await?;
+    let rows = sqlx::query(
+        "SELECT q.seq, b.data, q.slot, q.expires_at FROM queue q JOIN bodies b ON b.id = q.body_id
+         WHERE q.device_key = ? AND q.seq > ? ORDER BY q.seq LIMIT ?",
+    )
+    .bind(&device[..])
+    .bind(i64_of(after))
+    .bind(i64::from(max) + 1)
+    .fetch_all(&mut **tx)
+    .await?;
+    let queue_empty = rows.len() <= max as usize;
+    let mut envelopes = Vec::with_capacity(rows.len().min(max as usize));
+    for row in rows.iter().take(max as usize) {
+        envelopes.push(StoredEnvelope {
+            seq: u64_of(row.get(0)),
+            body: row.get::<Vec<u8>, _>(1),
+            slot: fixed(row.get::<&[u8], _>(2))?,
+            expires_at: u64_of(row.get(3)),
+        });
+    }
+    Ok(Page {
+        envelopes,
+        queue_empty,
+    })
+}
+
+/// Which queue rows to delete.
+enum Removal<'a> {
+    UpTo(&'a DeviceKey, u64),
+    One(&'a DeviceKey, u64),
+    Expired(u64),
+}
+
+/// Deletes queue rows, keeping device counters and body reference
+/// counts right, and deletes bodies nothing refers to any more.
+/// Returns the number of rows deleted.
+async fn remove(tx: &mut Tx<'_>, which: Removal<'_>) -> Result<u64, StoreError> {
+    let (filter, device, a): (&str, Option<&DeviceKey>, u64) = match which {
+        Removal::UpTo(d, seq) => ("device_key = ?1 AND seq <= ?2", Some(d), seq),
+        Removal::One(d, seq) => ("device_key = ?1 AND seq = ?2", Some(d), seq),
+        Removal::Expired(now) => ("?1 IS NULL AND expires_at <= ?2", None, now),
+    };
+    let device_bind: Option<Vec<u8>> = device.map(|d| d.to_vec());
+    let statements = [
+        format!(
+            "UPDATE devices SET
+               queued_count = queued_count - (SELECT COUNT(*) FROM queue WHERE queue.device_key = devices.device_key AND ({f})),
+               queued_bytes = queued_bytes - (SELECT COALESCE(SUM(size), 0) FROM queue WHERE queue.device_key = devices.device_key AND ({f}))
+             WHERE device_key IN (SELECT device_key FROM queue WHERE {f})",
+            f = filter.replace("device_key = ?1", "queue.device_key = ?1")
+        ),
+        format!(
+            "UPDATE bodies SET refs = refs - (SELECT COUNT(*) FROM queue WHERE queue.body_id = bodies.id AND ({filter}))
+             WHERE id IN (SELECT body_id FROM queue WHERE {filter})"
+        ),
+    ];
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(device_bind.clone())
+            .bind(i64_of(a))
+            .execute(&mut **tx)
+            .await?;
+    }
+    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM queue WHERE {filter}"
+    )))
+    .bind(device_bind)
+    .bind(i64_of(a))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if deleted > 0 {
+        sqlx::query("DELETE FROM bodies WHERE refs <= 0")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::path::PathBuf;
+
+    pub(crate) fn temp_db(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "hush-relay-test-{}-{name}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir.join("relay.sqlite")
+    }
+
+    fn key(id: u32, fill: u8) -> SignedKey {
+        SignedKey {
+            id,
+            public: [fill; 32],
+            signature: [fill; 64],
+        }
+    }
+
+    fn upload(opks: u32) -> PrekeyUpload {
+        PrekeyUpload {
+            signed: key(1, 1),
+            last_resort: key(2, 2),
+            one_time: (0..opks).map(|i| (100 + i, [i as u8; 32])).collect(),
+        }
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_envelopes: 100,
+        max_bytes: 1 << 20,
+    };
+
+    fn envelope(id: u8, body: &[u8], to: &[DeviceKey]) -> NewEnvelope {
+        NewEnvelope {
+            message_id: [id; 16],
+            body: body.to_vec(),
+            recipients: to.iter().map(|d| (*d, [d[0]; 48])).collect(),
+            expires_at: 1_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn bundles_take_each_one_time_key_once_then_last_resort() {
+        let store = SqliteStore::open(&temp_db("bundles")).await.expect("opens");
+        let device = [7; 32];
+        assert_eq!(store.take_bundle(device).await, Ok(None));
+        assert_eq!(store.prekey_count(device).await, Ok(None));
+        assert_eq!(store.register(device, upload(3)).await, Ok(3));
+        let mut seen = HashSet::new();
+        for _ in 0..3 {
+            let b = store.take_bundle(device).await.expect("ok").expect("known");
+            assert_eq!(b.signed, key(1, 1));
+            assert!(seen.insert(b.one_time.expect("one-time key left").0));
+        }
+        let b = store.take_bundle(device).await.expect("ok").expect("known");
+        assert_eq!(b.one_time, None);
+        assert_eq!(b.last_resort, key(2, 2));
+        assert_eq!(store.prekey_count(device).await, Ok(Some(0)));
+        // A refresh without one-time keys keeps the stock; with, replaces it.
+        assert_eq!(store.register(device, upload(0)).await, Ok(0));
+        assert_eq!(store.register(device, upload(5)).await, Ok(5));
+    }
+
+    #[tokio::test]
+    async fn concurrent_takes_never_share_a_key() {
+        let store = SqliteStore::open(&temp_db("concurrent"))
+            .await
+            .expect("opens");
+        let device = [8; 32];
+        store
+            .register(device, upload(100))
+            .await
+            .expect("registers");
+        let mut tasks = Vec::new();
+        for _ in 0..150 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move { store.take_bundle(device).await }));
+        }
+        let mut taken = Vec::new();
+        let mut last_resort = 0;
+        for task in tasks {
+            match task
+                .await
+                .expect("joins")
+                .expect("ok")
+                .expect("known")
+                .one_time
+            {
+                Some((id, _)) => taken.push(id),
+                None => last_resort += 1,
+            }
+        }
+        let unique: HashSet<_> = taken.iter().collect();
+        assert_eq!(taken.len(), 100);
+        assert_eq!(unique.len(), 100);
+        assert_eq!(last_resort, 50);
+    }
+
+    #[tokio::test]
+    async fn multi_recipient_body_is_stored_once_and_freed_by_the_last_ack() {
+        let path = temp_db("fanout");
+        let store = SqliteStore::open(&path).await.expect("opens");
+        let (a, b) = ([1; 32], [2; 32]);
+        for d in [a, b] {
+            store.register(d, upload(0)).await.expect("registers");
+        }
+        assert_eq!(
+            store.enqueue(envelope(1, b"body", &[a, b]), LIMITS).await,
+            Ok(Enqueued::Stored(vec![1, 1]))
+        );
+        assert_eq!(
+            store.enqueue(envelope(2, b"second", &[a]), LIMITS).await,
+            Ok(Enqueued::Stored(vec![2]))
+        );
+        // A resend of the same message id stores nothing.
+        assert_eq!(
+            store.enqueue(envelope(1, b"body", &[a, b]), LIMITS).await,
+            Ok(Enqueued::Duplicate)
+        );
+        assert_eq!(store.queue_len(a).await, Ok(2));
+        let page = store.page(a, 0, 10).await.expect("pages");
+        assert!(page.queue_empty);
+        assert_eq!(page.envelopes.len(), 2);
+        assert_eq!(page.envelopes[0].body, b"body");
+        assert_eq!(page.envelopes[0].slot, [1; 48]);
+        assert_eq!(store.ack(a, vec![1, 99]).await, Ok(1));
+        let bodies = || async {
+            let mut conn = SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+                .await
+                .expect("connects");
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM bodies")
+                .fetch_one(&mut conn)
+                .await
+                .expect("counts")
+                .get(0);
+            n
+        };
+        // "body" still referenced by b's queue; "second" by a's.
+        assert_eq!(bodies().await, 2);
+        store.page(b, 1, 10).await.expect("acks by paging");
+        assert_eq!(bodies().await, 1);
+        assert_eq!(store.ack(a, vec![2]).await, Ok(1));
+        assert_eq!(bodies().await, 0);
+        assert_eq!(store.queue_len(a).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn unknown_devices_and_quotas_store_nothing() {
+        let store = SqliteStore::open(&temp_db("quota")).await.expect("opens");
+        let (a, b) = ([1; 32], [2; 32]);
+        store.register(a, upload(0)).await.expect("registers");
+        assert_eq!(
+            store.enqueue(envelope(1, b"x", &[a, b]), LIMITS).await,
+            Err(StoreError::UnknownDevices(vec![b]))
+        );
+        let tight = QueueLimits {
+            max_envelopes: 2,
+            max_bytes: 1 << 20,
+        };
+        store
+            .enqueue(envelope(2, b"x", &[a]), tight)
+            .await
+            .expect("fits");
+        store
+            .enqueue(envelope(3, b"x", &[a]), tight)
+            .await
+            .expect("fits");
+        assert_eq!(
+            store.enqueue(envelope(4, b"x", &[a]), tight).await,
+            Err(StoreError::Quota(vec![a]))
+        );
+        let bytes = QueueLimits {
+            max_envelopes: 100,
+            max_bytes: 2 * (49 + 48),
+        };
+        assert_eq!(
+            store.enqueue(envelope(5, &[0; 49], &[a]), bytes).await,
+            Err(StoreError::Quota(vec![a]))
+        );
+        assert_eq!(store.queue_len(a).await, Ok(2));
+        // The rejected ids were not recorded: a retry after room is made works.
+        store.ack(a, vec![1]).await.expect("acks");
+        assert_eq!(
+            store.enqueue(envelope(4, b"x", &[a]), tight).await,
+            Ok(Enqueued::Stored(vec![3]))
+        );
+    }
+
+    #[tokio::test]
+    async fn paging_is_bounded_and_ordered() {
+        let store = SqliteStore::open(&temp_db("paging")).await.expect("opens");
+        let a = [1; 32];
+        store.register(a, upload(0)).await.expect("registers");
+        for i in 0..25u8 {
+            store
+                .enqueue(envelope(i, &[i], &[a]), LIMITS)
+                .await
+                .expect("stores");
+        }
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = store.page(a, after, 10).await.expect("pages");
+            if page.envelopes.is_empty() {
+                assert!(page.queue_empty);
+                break;
+            }
+            for e in &page.envelopes {
+                assert!(e.seq > after);
+                after = e.seq;
+                seen.push(e.body[0]);
+            }
+            assert_eq!(page.queue_empty, seen.len() == 25);
+        }
+        assert_eq!(seen, (0..25).collect::<Vec<u8>>());
+        assert_eq!(store.queue_len(a).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn expiry_sweeps_envelopes_and_ids() {
+        let store = SqliteStore::open(&temp_db("expiry")).await.expect("opens");
+        let (a, b) = ([1; 32], [2; 32]);
+        for d in [a, b] {
+            store.register(d, upload(0)).await.expect("registers");
+        }
+        let mut early = envelope(1, b"early", &[a, b]);
+        early.expires_at = 10;
+        store.enqueue(early.clone(), LIMITS).await.expect("stores");
+        store
+            .enqueue(envelope(2, b"late", &[a]), LIMITS)
+            .await
+            .expect("stores");
+        assert_eq!(store.sweep(9).await, Ok(0));
+        assert_eq!(store.sweep(10).await, Ok(2));
+        assert_eq!(store.queue_len(a).await, Ok(1));
+        assert_eq!(store.queue_len(b).await, Ok(0));
+        // The expired message id is forgotten too; sequence numbers are
+        // never reused.
+        assert_eq!(
+            store.enqueue(early, LIMITS).await,
+            Ok(Enqueued::Stored(vec![3, 2]))
+        );
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        let path = temp_db("reopen");
+        let a = [1; 32];
+        {
+            let store = SqliteStore::open(&path).await.expect("opens");
+            store.register(a, upload(2)).await.expect("registers");
+            store
+                .enqueue(envelope(1, b"kept", &[a]), LIMITS)
+                .await
+                .expect("stores");
+        }
+        let store = SqliteStore::open(&path).await.expect("reopens");
+        assert_eq!(store.prekey_count(a).await, Ok(Some(2)));
+        let page = store.page(a, 0, 10).await.expect("pages");
+        assert_eq!(page.envelopes[0].body, b"kept");
+        // Sequence numbers continue.
+        assert_eq!(
+            store.enqueue(envelope(2, b"next", &[a]), LIMITS).await,
+            Ok(Enqueued::Stored(vec![2]))
+        );
+    }
+}
