@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     println!("cargo:rerun-if-changed={}", root.display());
     let descriptors = protox::compile(&files, [&root])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    prost_build::Config::new()
+        .include_file("protos.rs")
+        .compile_fds(descriptors)?;
     Ok(())
 }

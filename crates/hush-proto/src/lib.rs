@@ -7,14 +7,17 @@
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
+// Nested as the protobuf packages are (`hush.wire.v1`, ...), so the
+// generated cross-package paths resolve.
+include!(concat!(env!("OUT_DIR"), "/protos.rs"));
+
 /// Wire messages (`proto/wire.proto`).
-pub mod wire {
-    include!(concat!(env!("OUT_DIR"), "/hush.wire.v1.rs"));
-}
+pub use hush::wire::v1 as wire;
 
 /// Persisted state records (`proto/state.proto`).
-pub mod state {
-    include!(concat!(env!("OUT_DIR"), "/hush.state.v1.rs"));
-}
+pub use hush::state::v1 as state;
+
+/// Relay protocol frames (`proto/relay.proto`).
+pub use hush::relay::v1 as relay;
 
 pub use prost::Message;

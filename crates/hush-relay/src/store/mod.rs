@@ -171,6 +171,14 @@ pub trait Store: Send + Sync + 'static {
         max: u32,
     ) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
+    /// Returns up to `max` envelopes with `seq > after`, deleting nothing.
+    fn read(
+        &self,
+        device: DeviceKey,
+        after: u64,
+        max: u32,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
     /// Deletes the listed envelopes; returns how many existed.
     fn ack(
         &self,

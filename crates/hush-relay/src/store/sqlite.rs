@@ -61,6 +61,7 @@ enum Op {
     PrekeyCount(DeviceKey),
     Enqueue(NewEnvelope, QueueLimits),
     Page(DeviceKey, u64, u32),
+    Read(DeviceKey, u64, u32),
     Ack(DeviceKey, Vec<u64>),
     QueueLen(DeviceKey),
     Sweep(u64),
@@ -153,6 +154,13 @@ impl Store for SqliteStore {
 
     async fn page(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
         match self.call(Op::Page(device, after, max)).await? {
+            Answer::Page(page) => Ok(page),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn read(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
+        match self.call(Op::Read(device, after, max)).await? {
             Answer::Page(page) => Ok(page),
             _ => Err(unexpected()),
         }
@@ -255,7 +263,11 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
         Op::TakeBundle(device) => Answer::Bundle(Box::new(take_bundle(tx, device).await?)),
         Op::PrekeyCount(device) => Answer::MaybeCount(prekey_count(tx, device).await?),
         Op::Enqueue(envelope, limits) => Answer::Enqueued(enqueue(tx, envelope, *limits).await?),
-        Op::Page(device, after, max) => Answer::Page(page(tx, device, *after, *max).await?),
+        Op::Page(device, after, max) => {
+            remove(tx, Removal::UpTo(device, *after)).await?;
+            Answer::Page(read(tx, device, *after, *max).await?)
+        }
+        Op::Read(device, after, max) => Answer::Page(read(tx, device, *after, *max).await?),
         Op::Ack(device, seqs) => {
             let mut deleted = 0u32;
             for seq in seqs {
@@ -469,13 +481,12 @@ async fn enqueue(
     Ok(Ok(Enqueued::Stored(next)))
 }
 
-async fn page(
+async fn read(
     tx: &mut Tx<'_>,
     device: &DeviceKey,
     after: u64,
     max: u32,
 ) -> Result<Page, StoreError> {
-    remove(tx, Removal::UpTo(device, after)).await?;
     let rows = sqlx::query(
         "SELECT q.seq, b.data, q.slot, q.expires_at FROM queue q JOIN bodies b ON b.id = q.body_id
          WHERE q.device_key = ? AND q.seq > ? ORDER BY q.seq LIMIT ?",
@@ -687,6 +698,9 @@ mod tests {
         assert_eq!(page.envelopes.len(), 2);
         assert_eq!(page.envelopes[0].body, b"body");
         assert_eq!(page.envelopes[0].slot, [1; 48]);
+        // Reading deletes nothing; paging past deletes, ack deletes.
+        assert_eq!(store.read(a, 0, 10).await.map(|p| p.envelopes.len()), Ok(2));
+        assert_eq!(store.queue_len(a).await, Ok(2));
         assert_eq!(store.ack(a, vec![1, 99]).await, Ok(1));
         let bodies = || async {
             let mut conn = SqliteConnection::connect(&format!("sqlite:{}", path.display()))

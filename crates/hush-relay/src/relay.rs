@@ -1,0 +1,823 @@
+//! The relay logic (`spec/relay.md`): requests in, responses and pushes
+//! out, over a [`Store`]. No sockets here; the QUIC shell (`server`)
+//! feeds frames in and writes what comes out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hush_crypto::prekey::ExtraPreKey;
+use hush_crypto::{IdentityKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
+use hush_proto::relay as proto;
+use hush_proto::wire;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{
+    DeviceKey, Enqueued, MessageId, NewEnvelope, PrekeyUpload, QueueLimits, SignedKey, Slot, Store,
+    StoreError, StoredEnvelope,
+};
+
+/// Domain separation for the device auth signature.
+pub const AUTH_CONTEXT: &[u8] = b"hush-relay-auth-v1";
+/// TLS exporter label for the auth challenge.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-hush-relay-auth";
+
+/// Operator-visible limits and timings (`spec/relay.md`, "Limits").
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest sealed body accepted, bytes.
+    pub max_body: usize,
+    /// Most recipients in one send.
+    pub max_recipients: usize,
+    /// Per-queue quota.
+    pub queue: QueueLimits,
+    /// How long an envelope waits before it is swept.
+    pub expiry: Duration,
+    /// Most envelopes in one page.
+    pub page_size: u32,
+    /// Most one-time prekeys in one upload.
+    pub max_one_time_prekeys: usize,
+    /// Bundle fetches: burst and refill interval, per connection and
+    /// per target device.
+    pub bundle_burst: u32,
+    /// One token back per this interval.
+    pub bundle_refill: Duration,
+    /// Sends: burst and refill interval, per connection.
+    pub send_burst: u32,
+    /// One token back per this interval.
+    pub send_refill: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body: 64 * 1024,
+            max_recipients: 1_000,
+            queue: QueueLimits {
+                max_envelopes: 100_000,
+                max_bytes: 1 << 30,
+            },
+            expiry: Duration::from_secs(30 * 24 * 3600),
+            page_size: 256,
+            max_one_time_prekeys: 100,
+            bundle_burst: 50,
+            bundle_refill: Duration::from_secs(6),
+            send_burst: 10_000,
+            send_refill: Duration::from_micros(20),
+        }
+    }
+}
+
+/// A token bucket.
+#[derive(Clone, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, burst: u32, refill: Duration, now: Instant) -> Result<(), Duration> {
+        let per_sec = 1.0 / refill.as_secs_f64().max(1e-9);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_sec).min(f64::from(burst));
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / per_sec))
+        }
+    }
+
+    fn full(burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            at: now,
+        }
+    }
+}
+
+/// A push to a connected device: an envelope just committed to its queue.
+#[derive(Clone, Debug)]
+pub struct Notification(pub Arc<StoredEnvelope>);
+
+/// Capacity of a connection's notification buffer.
+const NOTIFY_CAPACITY: usize = 1024;
+
+struct Online {
+    connection: u64,
+    notify: mpsc::Sender<Notification>,
+    /// Set when a notification could not be buffered: resync from store.
+    overflowed: Arc<AtomicBool>,
+    takeover: Option<oneshot::Sender<()>>,
+}
+
+/// Counters for metrics.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Envelopes accepted (per recipient).
+    pub envelopes_in: AtomicU64,
+    /// Envelopes delivered (pages and pushes).
+    pub envelopes_out: AtomicU64,
+    /// Envelopes deleted by recipient acks.
+    pub acks: AtomicU64,
+    /// Sends rejected for quota.
+    pub quota_rejections: AtomicU64,
+    /// Envelopes swept by expiry.
+    pub expired: AtomicU64,
+    /// Requests rejected by rate limits.
+    pub rate_limited: AtomicU64,
+}
+
+/// The relay: shared by every connection.
+pub struct Relay<S: Store> {
+    store: S,
+    limits: Limits,
+    online: Mutex<HashMap<DeviceKey, Online>>,
+    targets: Mutex<HashMap<DeviceKey, Bucket>>,
+    next_connection: AtomicU64,
+    /// Counters for metrics.
+    pub counters: Counters,
+}
+
+/// One connection's state in the relay.
+pub struct Connection {
+    id: u64,
+    exporter: [u8; 32],
+    device: Option<DeviceKey>,
+    /// Highest sequence number handed to the device on this connection.
+    delivered: u64,
+    /// The device has paged to the end: new envelopes are pushed.
+    live: bool,
+    notifications: Option<mpsc::Receiver<Notification>>,
+    overflowed: Arc<AtomicBool>,
+    takeover: Option<oneshot::Receiver<()>>,
+    bundles: Bucket,
+    sends: Bucket,
+}
+
+impl Connection {
+    /// The authenticated device, if any.
+    pub fn device(&self) -> Option<&DeviceKey> {
+        self.device.as_ref()
+    }
+
+    /// Waits for the next push for this connection, or for a takeover.
+    /// Never resolves before authentication.
+    pub async fn next_event(&mut self) -> Event {
+        let (Some(rx), Some(takeover)) = (self.notifications.as_mut(), self.takeover.as_mut())
+        else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            n = rx.recv() => match n {
+                Some(n) => Event::Notified(n),
+                None => Event::TakenOver,
+            },
+            _ = takeover => Event::TakenOver,
+        }
+    }
+}
+
+/// Something that happened to a connection outside its requests.
+#[derive(Debug)]
+pub enum Event {
+    /// An envelope was committed to this device's queue.
+    Notified(Notification),
+    /// Another connection authenticated as this device.
+    TakenOver,
+}
+
+fn error(request_id: u64, code: proto::ErrorCode, message: impl Into<String>) -> proto::RelayFrame {
+    proto::RelayFrame {
+        request_id,
+        body: Some(proto::relay_frame::Body::Error(proto::Error {
+            code: code as i32,
+            message: message.into(),
+            device_keys: Vec::new(),
+        })),
+    }
+}
+
+fn unauthenticated(request_id: u64) -> proto::RelayFrame {
+    error(
+        request_id,
+        proto::ErrorCode::Unauthenticated,
+        "authenticate first",
+    )
+}
+
+fn reply(request_id: u64, body: proto::relay_frame::Body) -> proto::RelayFrame {
+    proto::RelayFrame {
+        request_id,
+        body: Some(body),
+    }
+}
+
+fn store_error(request_id: u64, e: StoreError) -> proto::RelayFrame {
+    match e {
+        StoreError::UnknownDevices(devices) => proto::RelayFrame {
+            request_id,
+            body: Some(proto::relay_frame::Body::Error(proto::Error {
+                code: proto::ErrorCode::UnknownDevice as i32,
+                message: "unknown recipient device".into(),
+                device_keys: devices.iter().map(|d| d.to_vec()).collect(),
+            })),
+        },
+        StoreError::Quota(devices) => proto::RelayFrame {
+            request_id,
+            body: Some(proto::relay_frame::Body::Error(proto::Error {
+                code: proto::ErrorCode::Quota as i32,
+                message: "recipient queue over quota".into(),
+                device_keys: devices.iter().map(|d| d.to_vec()).collect(),
+            })),
+        },
+        StoreError::Backend(_) | StoreError::Closed => {
+            tracing::error!(error = %e, "store failure");
+            error(
+                request_id,
+                proto::ErrorCode::Internal,
+                "relay storage failure; retry",
+            )
+        }
+    }
+}
+
+fn envelope_frame(e: &StoredEnvelope) -> proto::Envelope {
+    proto::Envelope {
+        seq: e.seq,
+        body: e.body.clone(),
+        slot: e.slot.to_vec(),
+        expires_at: e.expires_at,
+    }
+}
+
+fn key32(field: &str, bytes: &[u8]) -> Result<[u8; 32], String> {
+    bytes
+        .try_into()
+        .map_err(|_| format!("{field} must be 32 bytes, got {}", bytes.len()))
+}
+
+fn signed_key(field: &str, k: Option<&wire::SignedPreKey>) -> Result<SignedKey, String> {
+    let k = k.ok_or_else(|| format!("{field} missing"))?;
+    Ok(SignedKey {
+        id: k.id,
+        public: key32(field, &k.public_key)?,
+        signature: k
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("{field} signature must be 64 bytes"))?,
+    })
+}
+
+fn to_wire(k: &SignedKey) -> SignedPreKey {
+    SignedPreKey {
+        id: k.id,
+        public: k.public,
+        signature: k.signature,
+    }
+}
+
+impl<S: Store> Relay<S> {
+    /// A relay over `store` with `limits`.
+    pub fn new(store: S, limits: Limits) -> Self {
+        Self {
+            store,
+            limits,
+            online: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Devices connected and authenticated now.
+    pub fn online_devices(&self) -> usize {
+        self.online.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// State for a new connection whose TLS exporter output (label
+    /// [`EXPORTER_LABEL`], empty context, 32 bytes) is `exporter`.
+    pub fn connect(&self, exporter: [u8; 32], now: Instant) -> Connection {
+        Connection {
+            id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+            exporter,
+            device: None,
+            delivered: 0,
+            live: false,
+            notifications: None,
+            overflowed: Arc::new(AtomicBool::new(false)),
+            takeover: None,
+            bundles: Bucket::full(self.limits.bundle_burst, now),
+            sends: Bucket::full(self.limits.send_burst, now),
+        }
+    }
+
+    /// Forgets a closed connection.
+    pub fn disconnect(&self, connection: &Connection) {
+        if let (Some(device), Ok(mut online)) = (connection.device, self.online.lock())
+            && online
+                .get(&device)
+                .is_some_and(|o| o.connection == connection.id)
+        {
+            online.remove(&device);
+        }
+    }
+
+    /// Handles one client frame; returns the frames to send back.
+    pub async fn handle(
+        &self,
+        conn: &mut Connection,
+        frame: proto::ClientFrame,
+        now: Instant,
+        unix_now: u64,
+    ) -> Vec<proto::RelayFrame> {
+        use proto::client_frame::Request;
+        let id = frame.request_id;
+        if id == 0 {
+            return vec![error(
+                0,
+                proto::ErrorCode::Malformed,
+                "request_id must not be 0",
+            )];
+        }
+        let Some(request) = frame.request else {
+            return vec![error(id, proto::ErrorCode::Malformed, "empty request")];
+        };
+        match request {
+            Request::Authenticate(a) => vec![self.authenticate(conn, id, a).await],
+            Request::RegisterPrekeys(r) => vec![self.register(conn, id, r).await],
+            Request::FetchBundle(f) => vec![self.fetch_bundle(conn, id, f, now).await],
+            Request::PrekeyCount(_) => vec![self.prekey_count(conn, id).await],
+            Request::Send(s) => vec![self.send(conn, id, s, now, unix_now).await],
+            Request::FetchPage(p) => vec![self.fetch_page(conn, id, p).await],
+            Request::Ack(a) => vec![self.ack(conn, id, a).await],
+        }
+    }
+
+    async fn authenticate(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        a: proto::Authenticate,
+    ) -> proto::RelayFrame {
+        let device = match key32("device_key", &a.device_key) {
+            Ok(d) => d,
+            Err(m) => return error(id, proto::ErrorCode::Malformed, m),
+        };
+        let Ok(signature) = <[u8; 64]>::try_from(a.signature.as_slice()) else {
+            return error(
+                id,
+                proto::ErrorCode::Malformed,
+                "signature must be 64 bytes",
+            );
+        };
+        let Ok(identity) = IdentityKey::from_bytes(&device) else {
+            return error(
+                id,
+                proto::ErrorCode::Malformed,
+                "device_key is not a valid public key",
+            );
+        };
+        let signed = [AUTH_CONTEXT, &conn.exporter[..]].concat();
+        if !identity.verify(&signed, &signature) {
+            return error(
+                id,
+                proto::ErrorCode::BadSignature,
+                "auth proof does not verify for this connection",
+            );
+        }
+        if conn.device.is_some_and(|d| d != device) {
+            return error(
+                id,
+                proto::ErrorCode::Malformed,
+                "connection already authenticated as another device",
+            );
+        }
+        let (notify, notifications) = mpsc::channel(NOTIFY_CAPACITY);
+        let (takeover_tx, takeover_rx) = oneshot::channel();
+        let previous = match self.online.lock() {
+            Ok(mut online) => online.insert(
+                device,
+                Online {
+                    connection: conn.id,
+                    notify,
+                    overflowed: conn.overflowed.clone(),
+                    takeover: Some(takeover_tx),
+                },
+            ),
+            Err(_) => return error(id, proto::ErrorCode::Internal, "relay state poisoned"),
+        };
+        if let Some(mut previous) = previous
+            && previous.connection != conn.id
+            && let Some(tx) = previous.takeover.take()
+        {
+            let _ = tx.send(());
+        }
+        conn.device = Some(device);
+        conn.notifications = Some(notifications);
+        conn.takeover = Some(takeover_rx);
+        conn.live = false;
+        conn.delivered = 0;
+        match self.store.queue_len(device).await {
+            Ok(queued) => reply(
+                id,
+                proto::relay_frame::Body::Authenticated(proto::Authenticated { queued }),
+            ),
+            Err(e) => store_error(id, e),
+        }
+    }
+
+    async fn register(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        r: proto::RegisterPrekeys,
+    ) -> proto::RelayFrame {
+        let Some(device) = conn.device else {
+            return unauthenticated(id);
+        };
+        if r.one_time_prekeys.len() > self.limits.max_one_time_prekeys {
+            return error(
+                id,
+                proto::ErrorCode::TooManyPrekeys,
+                format!(
+                    "at most {} one-time prekeys per upload",
+                    self.limits.max_one_time_prekeys
+                ),
+            );
+        }
+        let parsed = (|| -> Result<PrekeyUpload, String> {
+            let signed = signed_key("signed_prekey", r.signed_prekey.as_ref())?;
+            let last_resort = signed_key("last_resort_prekey", r.last_resort_prekey.as_ref())?;
+            let mut one_time = Vec::with_capacity(r.one_time_prekeys.len());
+            for k in &r.one_time_prekeys {
+                if one_time.iter().any(|(i, _)| *i == k.id) {
+                    return Err(format!("one-time prekey id {} repeated", k.id));
+                }
+                one_time.push((k.id, key32("one_time_prekey", &k.public_key)?));
+            }
+            Ok(PrekeyUpload {
+                signed,
+                last_resort,
+                one_time,
+            })
+        })();
+        let upload = match parsed {
+            Ok(u) => u,
+            Err(m) => return error(id, proto::ErrorCode::Malformed, m),
+        };
+        // Every signature is checked, through the same verified-bundle
+        // path a client uses.
+        let Ok(identity) = IdentityKey::from_bytes(&device) else {
+            return error(id, proto::ErrorCode::Malformed, "device key invalid");
+        };
+        let check = PreKeyBundle {
+            identity,
+            signed_prekey: to_wire(&upload.signed),
+            extra: Some(ExtraPreKey::LastResort(to_wire(&upload.last_resort))),
+        };
+        if let Err(e) = check.verify() {
+            return error(id, proto::ErrorCode::BadSignature, e.to_string());
+        }
+        match self.store.register(device, upload).await {
+            Ok(n) => reply(
+                id,
+                proto::relay_frame::Body::Registered(proto::Registered {
+                    one_time_prekeys: n,
+                }),
+            ),
+            Err(e) => store_error(id, e),
+        }
+    }
+
+    async fn fetch_bundle(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        f: proto::FetchBundle,
+        now: Instant,
+    ) -> proto::RelayFrame {
+        let target = match key32("device_key", &f.device_key) {
+            Ok(d) => d,
+            Err(m) => return error(id, proto::ErrorCode::Malformed, m),
+        };
+        let (burst, refill) = (self.limits.bundle_burst, self.limits.bundle_refill);
+        let limited = conn.bundles.take(burst, refill, now).err().or_else(|| {
+            let mut targets = self.targets.lock().ok()?;
+            let bucket = targets
+                .entry(target)
+                .or_insert_with(|| Bucket::full(burst, now));
+            bucket.take(burst, refill, now).err()
+        });
+        if let Some(wait) = limited {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return error(
+                id,
+                proto::ErrorCode::RateLimited,
+                format!(
+                    "bundle fetches limited; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            );
+        }
+        let parts = match self.store.take_bundle(target).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return error(id, proto::ErrorCode::UnknownDevice, "no such device"),
+            Err(e) => return store_error(id, e),
+        };
+        let Ok(identity) = IdentityKey::from_bytes(&target) else {
+            return error(id, proto::ErrorCode::UnknownDevice, "no such device");
+        };
+        let extra = match parts.one_time {
+            Some((otk_id, public)) => ExtraPreKey::OneTime(OneTimePreKey { id: otk_id, public }),
+            None => ExtraPreKey::LastResort(to_wire(&parts.last_resort)),
+        };
+        let bundle = PreKeyBundle {
+            identity,
+            signed_prekey: to_wire(&parts.signed),
+            extra: Some(extra),
+        };
+        match <wire::PreKeyBundle as prost::Message>::decode(bundle.to_bytes().as_slice()) {
+            Ok(b) => reply(
+                id,
+                proto::relay_frame::Body::Bundle(proto::Bundle { bundle: Some(b) }),
+            ),
+            Err(_) => error(id, proto::ErrorCode::Internal, "bundle encoding failed"),
+        }
+    }
+
+    async fn prekey_count(&self, conn: &mut Connection, id: u64) -> proto::RelayFrame {
+        let Some(device) = conn.device else {
+            return unauthenticated(id);
+        };
+        match self.store.prekey_count(device).await {
+            Ok(Some(n)) => reply(
+                id,
+                proto::relay_frame::Body::PrekeyStock(proto::PrekeyStock {
+                    one_time_prekeys: n,
+                }),
+            ),
+            Ok(None) => error(id, proto::ErrorCode::UnknownDevice, "register first"),
+            Err(e) => store_error(id, e),
+        }
+    }
+
+    async fn send(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        s: proto::Send,
+        now: Instant,
+        unix_now: u64,
+    ) -> proto::RelayFrame {
+        if let Err(wait) = conn
+            .sends
+            .take(self.limits.send_burst, self.limits.send_refill, now)
+        {
+            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return error(
+                id,
+                proto::ErrorCode::RateLimited,
+                format!("sending too fast; retry in {} ms", wait.as_millis().max(1)),
+            );
+        }
+        let Ok(message_id) = MessageId::try_from(s.message_id.as_slice()) else {
+            return error(
+                id,
+                proto::ErrorCode::Malformed,
+                "message_id must be 16 bytes",
+            );
+        };
+        if s.body.len() > self.limits.max_body {
+            return error(
+                id,
+                proto::ErrorCode::TooLarge,
+                format!(
+                    "body is {} bytes; the limit is {}",
+                    s.body.len(),
+                    self.limits.max_body
+                ),
+            );
+        }
+        if s.recipients.is_empty() || s.recipients.len() > self.limits.max_recipients {
+            return error(
+                id,
+                proto::ErrorCode::Malformed,
+                format!("1 to {} recipients", self.limits.max_recipients),
+            );
+        }
+        let mut recipients: Vec<(DeviceKey, Slot)> = Vec::with_capacity(s.recipients.len());
+        for r in &s.recipients {
+            let (Ok(device), Ok(slot)) = (
+                DeviceKey::try_from(r.device_key.as_slice()),
+                Slot::try_from(r.slot.as_slice()),
+            ) else {
+                return error(
+                    id,
+                    proto::ErrorCode::Malformed,
+                    "recipient: 32-byte device_key and 48-byte slot",
+                );
+            };
+            if recipients.iter().any(|(d, _)| *d == device) {
+                return error(
+                    id,
+                    proto::ErrorCode::Malformed,
+                    "a device appears twice among the recipients",
+                );
+            }
+            recipients.push((device, slot));
+        }
+        let expires_at = unix_now.saturating_add(self.limits.expiry.as_secs());
+        let envelope = NewEnvelope {
+            message_id,
+            body: s.body,
+            recipients,
+            expires_at,
+        };
+        let notify: Vec<DeviceKey> = envelope.recipients.iter().map(|(d, _)| *d).collect();
+        let body = Arc::new(envelope.body.clone());
+        let slots: Vec<Slot> = envelope.recipients.iter().map(|(_, s)| *s).collect();
+        match self.store.enqueue(envelope, self.limits.queue).await {
+            Ok(Enqueued::Stored(seqs)) => {
+                self.counters
+                    .envelopes_in
+                    .fetch_add(seqs.len() as u64, Ordering::Relaxed);
+                // Store before push: the commit is done; now wake devices.
+                self.notify(&notify, &seqs, &slots, &body, expires_at);
+                reply(
+                    id,
+                    proto::relay_frame::Body::Sent(proto::Sent {
+                        message_id: message_id.to_vec(),
+                        duplicate: false,
+                    }),
+                )
+            }
+            Ok(Enqueued::Duplicate) => reply(
+                id,
+                proto::relay_frame::Body::Sent(proto::Sent {
+                    message_id: message_id.to_vec(),
+                    duplicate: true,
+                }),
+            ),
+            Err(e) => {
+                if matches!(e, StoreError::Quota(_)) {
+                    self.counters
+                        .quota_rejections
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                store_error(id, e)
+            }
+        }
+    }
+
+    fn notify(
+        &self,
+        devices: &[DeviceKey],
+        seqs: &[u64],
+        slots: &[Slot],
+        body: &Arc<Vec<u8>>,
+        expires_at: u64,
+    ) {
+        let Ok(online) = self.online.lock() else {
+            return;
+        };
+        for ((device, seq), slot) in devices.iter().zip(seqs).zip(slots) {
+            if let Some(o) = online.get(device) {
+                let envelope = StoredEnvelope {
+                    seq: *seq,
+                    body: body.as_ref().clone(),
+                    slot: *slot,
+                    expires_at,
+                };
+                if o.notify.try_send(Notification(Arc::new(envelope))).is_err() {
+                    o.overflowed.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    async fn fetch_page(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        p: proto::FetchPage,
+    ) -> proto::RelayFrame {
+        let Some(device) = conn.device else {
+            return unauthenticated(id);
+        };
+        let max = match p.max_envelopes {
+            0 => self.limits.page_size,
+            n => n.min(self.limits.page_size),
+        };
+        match self.store.page(device, p.after_seq, max).await {
+            Ok(page) => {
+                if let Some(last) = page.envelopes.last() {
+                    conn.delivered = conn.delivered.max(last.seq);
+                } else {
+                    conn.delivered = conn.delivered.max(p.after_seq);
+                }
+                if page.queue_empty {
+                    conn.live = true;
+                    conn.overflowed.store(false, Ordering::Release);
+                }
+                self.counters
+                    .envelopes_out
+                    .fetch_add(page.envelopes.len() as u64, Ordering::Relaxed);
+                reply(
+                    id,
+                    proto::relay_frame::Body::Page(proto::Page {
+                        envelopes: page.envelopes.iter().map(envelope_frame).collect(),
+                        queue_empty: page.queue_empty,
+                    }),
+                )
+            }
+            Err(e) => store_error(id, e),
+        }
+    }
+
+    async fn ack(&self, conn: &mut Connection, id: u64, a: proto::Ack) -> proto::RelayFrame {
+        let Some(device) = conn.device else {
+            return unauthenticated(id);
+        };
+        match self.store.ack(device, a.seqs).await {
+            Ok(deleted) => {
+                self.counters
+                    .acks
+                    .fetch_add(u64::from(deleted), Ordering::Relaxed);
+                reply(
+                    id,
+                    proto::relay_frame::Body::Acked(proto::Acked { deleted }),
+                )
+            }
+            Err(e) => store_error(id, e),
+        }
+    }
+
+    /// Turns a push into frames for the device: in order, without gaps
+    /// (a gap, or an overflowed buffer, is filled from the store), and
+    /// only once the device has paged to the end of its queue.
+    pub async fn deliver(
+        &self,
+        conn: &mut Connection,
+        notification: Notification,
+    ) -> Vec<proto::RelayFrame> {
+        let Some(device) = conn.device else {
+            return Vec::new();
+        };
+        if !conn.live || notification.0.seq <= conn.delivered {
+            return Vec::new();
+        }
+        let overflowed = conn.overflowed.swap(false, Ordering::AcqRel);
+        let envelopes: Vec<StoredEnvelope> =
+            if notification.0.seq == conn.delivered + 1 && !overflowed {
+                vec![notification.0.as_ref().clone()]
+            } else {
+                // Read only: pushed envelopes are deleted by the device's ack.
+                match self
+                    .store
+                    .read(device, conn.delivered, self.limits.page_size)
+                    .await
+                {
+                    Ok(page) => page.envelopes,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gap fill failed");
+                        return Vec::new();
+                    }
+                }
+            };
+        let mut frames = Vec::with_capacity(envelopes.len());
+        for e in envelopes {
+            if e.seq > conn.delivered {
+                conn.delivered = e.seq;
+                frames.push(reply(
+                    0,
+                    proto::relay_frame::Body::Deliver(envelope_frame(&e)),
+                ));
+            }
+        }
+        self.counters
+            .envelopes_out
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        frames
+    }
+
+    /// Sweeps expired envelopes; returns how many.
+    pub async fn sweep(&self, unix_now: u64) -> Result<u64, StoreError> {
+        let n = self.store.sweep(unix_now).await?;
+        self.counters.expired.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+}
