@@ -821,3 +821,6 @@ impl<S: Store> Relay<S> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests;

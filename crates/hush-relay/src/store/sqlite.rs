@@ -566,7 +566,7 @@ async fn remove(tx: &mut Tx<'_>, which: Removal<'_>) -> Result<u64, StoreError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::path::PathBuf;

@@ -1,0 +1,508 @@
+use super::*;
+use crate::store::sqlite::SqliteStore;
+use hush_crypto::{IdentityKeyPair, OneTimePreKeyPair, SignedPreKeyPair};
+use proto::client_frame::Request;
+use proto::relay_frame::Body;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+async fn relay(name: &str, limits: Limits) -> Relay<SqliteStore> {
+    let path = crate::store::sqlite::tests::temp_db(name);
+    Relay::new(SqliteStore::open(&path).await.expect("opens"), limits)
+}
+
+async fn call(
+    relay: &Relay<SqliteStore>,
+    conn: &mut Connection,
+    id: u64,
+    request: Request,
+) -> Body {
+    let frames = relay
+        .handle(
+            conn,
+            proto::ClientFrame {
+                request_id: id,
+                request: Some(request),
+            },
+            Instant::now(),
+            1_000,
+        )
+        .await;
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].request_id, id);
+    frames[0].body.clone().expect("body")
+}
+
+fn code(body: &Body) -> Option<proto::ErrorCode> {
+    match body {
+        Body::Error(e) => proto::ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+struct Device {
+    identity: IdentityKeyPair,
+    signed: SignedPreKeyPair,
+    last_resort: SignedPreKeyPair,
+    one_time: Vec<OneTimePreKeyPair>,
+}
+
+fn device(seed: u8) -> Device {
+    let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+    let identity = IdentityKeyPair::generate(&mut rng);
+    Device {
+        signed: SignedPreKeyPair::generate(&mut rng, &identity, 1),
+        last_resort: SignedPreKeyPair::generate_last_resort(&mut rng, &identity, 2),
+        one_time: (10..13)
+            .map(|i| OneTimePreKeyPair::generate(&mut rng, i))
+            .collect(),
+        identity,
+    }
+}
+
+fn key(d: &Device) -> Vec<u8> {
+    d.identity.public().as_bytes().to_vec()
+}
+
+fn auth(d: &Device, exporter: &[u8; 32]) -> Request {
+    Request::Authenticate(proto::Authenticate {
+        device_key: key(d),
+        signature: d
+            .identity
+            .sign(&[AUTH_CONTEXT, &exporter[..]].concat())
+            .to_vec(),
+    })
+}
+
+fn wire_signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
+    let p = k.public();
+    wire::SignedPreKey {
+        id: p.id,
+        public_key: p.public.to_vec(),
+        signature: p.signature.to_vec(),
+    }
+}
+
+fn register(d: &Device) -> Request {
+    Request::RegisterPrekeys(proto::RegisterPrekeys {
+        signed_prekey: Some(wire_signed(&d.signed)),
+        last_resort_prekey: Some(wire_signed(&d.last_resort)),
+        one_time_prekeys: d
+            .one_time
+            .iter()
+            .map(|k| wire::OneTimePreKey {
+                id: k.id(),
+                public_key: k.public().public.to_vec(),
+            })
+            .collect(),
+    })
+}
+
+fn send(id: u8, body: &[u8], to: &[&Device]) -> Request {
+    Request::Send(proto::Send {
+        message_id: vec![id; 16],
+        body: body.to_vec(),
+        recipients: to
+            .iter()
+            .map(|d| proto::Recipient {
+                device_key: key(d),
+                slot: vec![id; 48],
+            })
+            .collect(),
+    })
+}
+
+async fn online(relay: &Relay<SqliteStore>, d: &Device, exporter: u8) -> Connection {
+    let exporter = [exporter; 32];
+    let mut conn = relay.connect(exporter, Instant::now());
+    assert!(matches!(
+        call(relay, &mut conn, 1, auth(d, &exporter)).await,
+        Body::Authenticated(_)
+    ));
+    conn
+}
+
+#[tokio::test]
+async fn auth_is_bound_to_the_connection() {
+    let relay = relay("auth", Limits::default()).await;
+    let alice = device(1);
+    let mut conn = relay.connect([1; 32], Instant::now());
+    // A proof made for another connection's exporter does not verify here.
+    assert_eq!(
+        code(&call(&relay, &mut conn, 1, auth(&alice, &[2; 32])).await),
+        Some(proto::ErrorCode::BadSignature)
+    );
+    assert_eq!(conn.device(), None);
+    assert_eq!(
+        code(&call(&relay, &mut conn, 2, register(&alice)).await),
+        Some(proto::ErrorCode::Unauthenticated)
+    );
+    assert!(matches!(
+        call(&relay, &mut conn, 3, auth(&alice, &[1; 32])).await,
+        Body::Authenticated(_)
+    ));
+    assert_eq!(conn.device(), Some(alice.identity.public().as_bytes()));
+}
+
+#[tokio::test]
+async fn register_verifies_signatures_and_bundles_hand_out_each_key_once() {
+    let relay = relay("directory", Limits::default()).await;
+    let bob = device(2);
+    let mut conn = online(&relay, &bob, 1).await;
+    let mut bad = register(&bob);
+    if let Request::RegisterPrekeys(r) = &mut bad
+        && let Some(s) = r.signed_prekey.as_mut()
+    {
+        s.signature[0] ^= 1;
+    }
+    assert_eq!(
+        code(&call(&relay, &mut conn, 2, bad).await),
+        Some(proto::ErrorCode::BadSignature)
+    );
+    assert!(matches!(
+        call(&relay, &mut conn, 3, register(&bob)).await,
+        Body::Registered(proto::Registered {
+            one_time_prekeys: 3
+        })
+    ));
+    let mut stranger = relay.connect([9; 32], Instant::now());
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let body = call(
+            &relay,
+            &mut stranger,
+            10 + i,
+            Request::FetchBundle(proto::FetchBundle {
+                device_key: key(&bob),
+            }),
+        )
+        .await;
+        let Body::Bundle(proto::Bundle { bundle: Some(b) }) = body else {
+            panic!("expected a bundle, got {body:?}")
+        };
+        let bundle =
+            PreKeyBundle::try_from(prost::Message::encode_to_vec(&b).as_slice()).expect("decodes");
+        let verified = bundle.verify().expect("signatures hold");
+        ids.push(verified.bundle().extra.as_ref().map(|e| e.reference()));
+    }
+    use hush_crypto::PreKeyRef;
+    assert_eq!(
+        ids,
+        vec![
+            Some(PreKeyRef::OneTime(10)),
+            Some(PreKeyRef::OneTime(11)),
+            Some(PreKeyRef::OneTime(12)),
+            Some(PreKeyRef::LastResort(2))
+        ]
+    );
+    assert!(matches!(
+        call(
+            &relay,
+            &mut conn,
+            20,
+            Request::PrekeyCount(proto::PrekeyCount {})
+        )
+        .await,
+        Body::PrekeyStock(proto::PrekeyStock {
+            one_time_prekeys: 0
+        })
+    ));
+    let unknown = call(
+        &relay,
+        &mut stranger,
+        30,
+        Request::FetchBundle(proto::FetchBundle {
+            device_key: vec![5; 32],
+        }),
+    )
+    .await;
+    assert_eq!(code(&unknown), Some(proto::ErrorCode::UnknownDevice));
+}
+
+#[tokio::test]
+async fn bundle_fetches_are_rate_limited() {
+    let limits = Limits {
+        bundle_burst: 2,
+        bundle_refill: Duration::from_secs(600),
+        ..Limits::default()
+    };
+    let relay = relay("ratelimit", limits).await;
+    let bob = device(3);
+    let mut conn = online(&relay, &bob, 1).await;
+    call(&relay, &mut conn, 2, register(&bob)).await;
+    let mut other = relay.connect([7; 32], Instant::now());
+    let fetch = || {
+        Request::FetchBundle(proto::FetchBundle {
+            device_key: key(&bob),
+        })
+    };
+    assert!(matches!(
+        call(&relay, &mut other, 1, fetch()).await,
+        Body::Bundle(_)
+    ));
+    assert!(matches!(
+        call(&relay, &mut other, 2, fetch()).await,
+        Body::Bundle(_)
+    ));
+    assert_eq!(
+        code(&call(&relay, &mut other, 3, fetch()).await),
+        Some(proto::ErrorCode::RateLimited)
+    );
+    // The per-target limit holds across connections too.
+    let mut third = relay.connect([8; 32], Instant::now());
+    assert_eq!(
+        code(&call(&relay, &mut third, 1, fetch()).await),
+        Some(proto::ErrorCode::RateLimited)
+    );
+    assert_eq!(relay.counters.rate_limited.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn offline_send_then_page_then_live_push_in_order() {
+    let relay = relay("delivery", Limits::default()).await;
+    let (alice, bob) = (device(4), device(5));
+    for d in [&alice, &bob] {
+        let mut c = online(&relay, d, 1).await;
+        call(&relay, &mut c, 2, register(d)).await;
+        relay.disconnect(&c);
+    }
+    let mut sender = relay.connect([3; 32], Instant::now());
+    for i in 1..=3u8 {
+        let body = call(&relay, &mut sender, u64::from(i), send(i, &[i], &[&bob])).await;
+        assert!(
+            matches!(
+                body,
+                Body::Sent(proto::Sent {
+                    duplicate: false,
+                    ..
+                })
+            ),
+            "{body:?}"
+        );
+    }
+    // A resend is acknowledged again but not stored twice.
+    assert!(matches!(
+        call(&relay, &mut sender, 9, send(2, &[2], &[&bob])).await,
+        Body::Sent(proto::Sent {
+            duplicate: true,
+            ..
+        })
+    ));
+
+    let mut bob_conn = online(&relay, &bob, 4).await;
+    let page = call(
+        &relay,
+        &mut bob_conn,
+        2,
+        Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 2,
+        }),
+    )
+    .await;
+    let Body::Page(page) = page else {
+        panic!("page expected")
+    };
+    assert_eq!(
+        page.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(!page.queue_empty);
+    // While bob pages, a new envelope arrives: it must not be lost.
+    call(&relay, &mut sender, 10, send(4, &[4], &[&bob])).await;
+    let page = call(
+        &relay,
+        &mut bob_conn,
+        3,
+        Request::FetchPage(proto::FetchPage {
+            after_seq: 2,
+            max_envelopes: 2,
+        }),
+    )
+    .await;
+    let Body::Page(page) = page else {
+        panic!("page expected")
+    };
+    assert_eq!(
+        page.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    assert!(page.queue_empty);
+    // The notification for seq 4 was buffered; it is already delivered.
+    let Event::Notified(n) = bob_conn.next_event().await else {
+        panic!("notification expected")
+    };
+    assert!(relay.deliver(&mut bob_conn, n).await.is_empty());
+    // Live now: new envelopes are pushed at once, in order.
+    call(&relay, &mut sender, 11, send(5, &[5], &[&bob])).await;
+    let Event::Notified(n) = bob_conn.next_event().await else {
+        panic!("notification expected")
+    };
+    let pushed = relay.deliver(&mut bob_conn, n).await;
+    assert_eq!(pushed.len(), 1);
+    assert_eq!(pushed[0].request_id, 0);
+    let Some(Body::Deliver(e)) = &pushed[0].body else {
+        panic!("deliver expected")
+    };
+    assert_eq!((e.seq, e.body.clone()), (5, vec![5]));
+    // Acked envelopes are gone; unacked ones stay.
+    assert!(matches!(
+        call(
+            &relay,
+            &mut bob_conn,
+            4,
+            Request::Ack(proto::Ack { seqs: vec![5] })
+        )
+        .await,
+        Body::Acked(proto::Acked { deleted: 1 })
+    ));
+    assert_eq!(
+        relay
+            .store()
+            .queue_len(*bob.identity.public().as_bytes())
+            .await,
+        Ok(2)
+    );
+}
+
+#[tokio::test]
+async fn a_gap_is_filled_from_the_store() {
+    let relay = relay("gap", Limits::default()).await;
+    let (alice, bob) = (device(6), device(7));
+    let mut bob_conn = online(&relay, &bob, 1).await;
+    call(&relay, &mut bob_conn, 2, register(&bob)).await;
+    let _ = alice;
+    let page = call(
+        &relay,
+        &mut bob_conn,
+        3,
+        Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 0,
+        }),
+    )
+    .await;
+    assert!(matches!(
+        page,
+        Body::Page(proto::Page {
+            queue_empty: true,
+            ..
+        })
+    ));
+    let mut sender = relay.connect([3; 32], Instant::now());
+    for i in 1..=3u8 {
+        call(&relay, &mut sender, u64::from(i), send(i, &[i], &[&bob])).await;
+    }
+    // Drop the first two notifications: the third arrives with a gap.
+    for _ in 0..2 {
+        let _ = bob_conn.next_event().await;
+    }
+    let Event::Notified(n) = bob_conn.next_event().await else {
+        panic!("notification expected")
+    };
+    let pushed = relay.deliver(&mut bob_conn, n).await;
+    let seqs: Vec<u64> = pushed
+        .iter()
+        .filter_map(|f| match &f.body {
+            Some(Body::Deliver(e)) => Some(e.seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    // Filling the gap deleted nothing.
+    assert_eq!(
+        relay
+            .store()
+            .queue_len(*bob.identity.public().as_bytes())
+            .await,
+        Ok(3)
+    );
+}
+
+#[tokio::test]
+async fn a_second_connection_takes_over() {
+    let relay = relay("takeover", Limits::default()).await;
+    let bob = device(8);
+    let mut first = online(&relay, &bob, 1).await;
+    let _second = online(&relay, &bob, 2).await;
+    assert!(matches!(first.next_event().await, Event::TakenOver));
+    // The old connection leaving does not unregister the new one.
+    relay.disconnect(&first);
+    assert_eq!(relay.online_devices(), 1);
+}
+
+#[tokio::test]
+async fn bad_requests_get_their_error_codes() {
+    let limits = Limits {
+        max_body: 100,
+        queue: QueueLimits {
+            max_envelopes: 1,
+            max_bytes: 1 << 20,
+        },
+        ..Limits::default()
+    };
+    let relay = relay("errors", limits).await;
+    let bob = device(9);
+    let mut conn = online(&relay, &bob, 1).await;
+    call(&relay, &mut conn, 2, register(&bob)).await;
+    assert_eq!(
+        code(&call(&relay, &mut conn, 3, send(1, &[0; 101], &[&bob])).await),
+        Some(proto::ErrorCode::TooLarge)
+    );
+    assert_eq!(
+        code(&call(&relay, &mut conn, 4, send(1, &[0; 10], &[&bob, &bob])).await),
+        Some(proto::ErrorCode::Malformed)
+    );
+    assert_eq!(
+        code(&call(&relay, &mut conn, 5, send(1, &[0; 10], &[])).await),
+        Some(proto::ErrorCode::Malformed)
+    );
+    assert_eq!(
+        code(&call(&relay, &mut conn, 6, send(1, &[0; 10], &[&device(10)])).await),
+        Some(proto::ErrorCode::UnknownDevice)
+    );
+    assert!(matches!(
+        call(&relay, &mut conn, 7, send(2, &[0; 10], &[&bob])).await,
+        Body::Sent(_)
+    ));
+    assert_eq!(
+        code(&call(&relay, &mut conn, 8, send(3, &[0; 10], &[&bob])).await),
+        Some(proto::ErrorCode::Quota)
+    );
+    let mut short_id = send(4, &[0; 10], &[&bob]);
+    if let Request::Send(s) = &mut short_id {
+        s.message_id.truncate(3);
+    }
+    assert_eq!(
+        code(&call(&relay, &mut conn, 9, short_id).await),
+        Some(proto::ErrorCode::Malformed)
+    );
+    let frames = relay
+        .handle(
+            &mut conn,
+            proto::ClientFrame {
+                request_id: 0,
+                request: None,
+            },
+            Instant::now(),
+            0,
+        )
+        .await;
+    assert!(matches!(frames[0].body, Some(Body::Error(_))));
+    let frames = relay
+        .handle(
+            &mut conn,
+            proto::ClientFrame {
+                request_id: 5,
+                request: None,
+            },
+            Instant::now(),
+            0,
+        )
+        .await;
+    assert_eq!(
+        code(frames[0].body.as_ref().expect("body")),
+        Some(proto::ErrorCode::Malformed)
+    );
+    assert_eq!(relay.counters.quota_rejections.load(Ordering::Relaxed), 1);
+}
