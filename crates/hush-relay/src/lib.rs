@@ -6,5 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod frame;
 pub mod relay;
 pub mod store;

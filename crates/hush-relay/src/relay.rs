@@ -98,6 +98,20 @@ impl Bucket {
     }
 }
 
+/// What [`Relay::begin`] made of a request.
+pub enum Handled {
+    /// The answer.
+    Done(proto::RelayFrame),
+    /// A validated send to commit with [`Relay::commit`].
+    Commit(PendingSend),
+}
+
+/// A validated send, not yet stored.
+pub struct PendingSend {
+    request_id: u64,
+    envelope: NewEnvelope,
+}
+
 /// A push to a connected device: an envelope just committed to its queue.
 #[derive(Clone, Debug)]
 pub struct Notification(pub Arc<StoredEnvelope>);
@@ -344,27 +358,48 @@ impl<S: Store> Relay<S> {
         now: Instant,
         unix_now: u64,
     ) -> Vec<proto::RelayFrame> {
+        match self.begin(conn, frame, now, unix_now).await {
+            Handled::Done(frame) => vec![frame],
+            Handled::Commit(send) => vec![self.commit(send).await],
+        }
+    }
+
+    /// Handles one client frame up to the point where it needs no more
+    /// connection state: everything but a send is answered here; a send
+    /// is validated and rate limited here and committed by
+    /// [`Relay::commit`], which the shell runs concurrently so one
+    /// connection can have many sends in one commit batch.
+    pub async fn begin(
+        &self,
+        conn: &mut Connection,
+        frame: proto::ClientFrame,
+        now: Instant,
+        unix_now: u64,
+    ) -> Handled {
         use proto::client_frame::Request;
         let id = frame.request_id;
         if id == 0 {
-            return vec![error(
+            return Handled::Done(error(
                 0,
                 proto::ErrorCode::Malformed,
                 "request_id must not be 0",
-            )];
+            ));
         }
         let Some(request) = frame.request else {
-            return vec![error(id, proto::ErrorCode::Malformed, "empty request")];
+            return Handled::Done(error(id, proto::ErrorCode::Malformed, "empty request"));
         };
-        match request {
-            Request::Authenticate(a) => vec![self.authenticate(conn, id, a).await],
-            Request::RegisterPrekeys(r) => vec![self.register(conn, id, r).await],
-            Request::FetchBundle(f) => vec![self.fetch_bundle(conn, id, f, now).await],
-            Request::PrekeyCount(_) => vec![self.prekey_count(conn, id).await],
-            Request::Send(s) => vec![self.send(conn, id, s, now, unix_now).await],
-            Request::FetchPage(p) => vec![self.fetch_page(conn, id, p).await],
-            Request::Ack(a) => vec![self.ack(conn, id, a).await],
-        }
+        Handled::Done(match request {
+            Request::Authenticate(a) => self.authenticate(conn, id, a).await,
+            Request::RegisterPrekeys(r) => self.register(conn, id, r).await,
+            Request::FetchBundle(f) => self.fetch_bundle(conn, id, f, now).await,
+            Request::PrekeyCount(_) => self.prekey_count(conn, id).await,
+            Request::Send(s) => match self.prepare_send(conn, id, s, now, unix_now) {
+                Ok(send) => return Handled::Commit(send),
+                Err(frame) => *frame,
+            },
+            Request::FetchPage(p) => self.fetch_page(conn, id, p).await,
+            Request::Ack(a) => self.ack(conn, id, a).await,
+        })
     }
 
     async fn authenticate(
@@ -575,34 +610,34 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    async fn send(
+    fn prepare_send(
         &self,
         conn: &mut Connection,
         id: u64,
         s: proto::Send,
         now: Instant,
         unix_now: u64,
-    ) -> proto::RelayFrame {
+    ) -> Result<PendingSend, Box<proto::RelayFrame>> {
         if let Err(wait) = conn
             .sends
             .take(self.limits.send_burst, self.limits.send_refill, now)
         {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return error(
+            return Err(Box::new(error(
                 id,
                 proto::ErrorCode::RateLimited,
                 format!("sending too fast; retry in {} ms", wait.as_millis().max(1)),
-            );
+            )));
         }
         let Ok(message_id) = MessageId::try_from(s.message_id.as_slice()) else {
-            return error(
+            return Err(Box::new(error(
                 id,
                 proto::ErrorCode::Malformed,
                 "message_id must be 16 bytes",
-            );
+            )));
         };
         if s.body.len() > self.limits.max_body {
-            return error(
+            return Err(Box::new(error(
                 id,
                 proto::ErrorCode::TooLarge,
                 format!(
@@ -610,14 +645,14 @@ impl<S: Store> Relay<S> {
                     s.body.len(),
                     self.limits.max_body
                 ),
-            );
+            )));
         }
         if s.recipients.is_empty() || s.recipients.len() > self.limits.max_recipients {
-            return error(
+            return Err(Box::new(error(
                 id,
                 proto::ErrorCode::Malformed,
                 format!("1 to {} recipients", self.limits.max_recipients),
-            );
+            )));
         }
         let mut recipients: Vec<(DeviceKey, Slot)> = Vec::with_capacity(s.recipients.len());
         for r in &s.recipients {
@@ -625,28 +660,42 @@ impl<S: Store> Relay<S> {
                 DeviceKey::try_from(r.device_key.as_slice()),
                 Slot::try_from(r.slot.as_slice()),
             ) else {
-                return error(
+                return Err(Box::new(error(
                     id,
                     proto::ErrorCode::Malformed,
                     "recipient: 32-byte device_key and 48-byte slot",
-                );
+                )));
             };
             if recipients.iter().any(|(d, _)| *d == device) {
-                return error(
+                return Err(Box::new(error(
                     id,
                     proto::ErrorCode::Malformed,
                     "a device appears twice among the recipients",
-                );
+                )));
             }
             recipients.push((device, slot));
         }
         let expires_at = unix_now.saturating_add(self.limits.expiry.as_secs());
-        let envelope = NewEnvelope {
-            message_id,
-            body: s.body,
-            recipients,
-            expires_at,
-        };
+        Ok(PendingSend {
+            request_id: id,
+            envelope: NewEnvelope {
+                message_id,
+                body: s.body,
+                recipients,
+                expires_at,
+            },
+        })
+    }
+
+    /// Commits a validated send and wakes the recipients' connections.
+    /// Answers only after the envelope is durable in every queue.
+    pub async fn commit(&self, send: PendingSend) -> proto::RelayFrame {
+        let PendingSend {
+            request_id: id,
+            envelope,
+        } = send;
+        let message_id = envelope.message_id;
+        let expires_at = envelope.expires_at;
         let notify: Vec<DeviceKey> = envelope.recipients.iter().map(|(d, _)| *d).collect();
         let body = Arc::new(envelope.body.clone());
         let slots: Vec<Slot> = envelope.recipients.iter().map(|(_, s)| *s).collect();
