@@ -6,7 +6,10 @@
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod config;
 pub mod frame;
 pub mod relay;
+pub mod server;
 pub mod store;
+pub mod tls;

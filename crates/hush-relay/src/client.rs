@@ -1,0 +1,347 @@
+//! A client for the relay protocol: connect with a pinned certificate,
+//! authenticate, send requests and receive pushes. Used by the hush
+//! client SDK and by the relay's own end-to-end tests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hush_crypto::IdentityKeyPair;
+use hush_proto::relay as proto;
+use proto::client_frame::Request;
+use proto::relay_frame::Body;
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Endpoint, TransportConfig, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::frame;
+use crate::relay::{AUTH_CONTEXT, EXPORTER_LABEL};
+use crate::server::ALPN;
+
+/// Client failures.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The fingerprint is not 64 hex digits.
+    #[error("a relay fingerprint is 64 hex digits")]
+    BadFingerprint,
+    /// Could not reach or handshake with the relay (wrong pin included).
+    #[error("cannot connect to the relay at {addr}: {reason}")]
+    Connect {
+        /// The relay address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The connection is gone.
+    #[error("connection to the relay lost: {0}")]
+    Closed(String),
+    /// The relay answered with an error.
+    #[error("relay error {code:?}: {message}")]
+    Relay {
+        /// The code.
+        code: proto::ErrorCode,
+        /// The relay's explanation.
+        message: String,
+        /// Devices concerned (unknown recipients, full queues).
+        device_keys: Vec<Vec<u8>>,
+    },
+    /// The relay answered with something else than expected.
+    #[error("unexpected answer from the relay")]
+    Unexpected,
+    /// No answer in time.
+    #[error("the relay did not answer in time")]
+    Timeout,
+}
+
+#[derive(Debug)]
+struct PinnedCertificate {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use sha2::{Digest, Sha256};
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if bool::from(subtle::ConstantTimeEq::ct_eq(
+            &seen[..],
+            &self.fingerprint[..],
+        )) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Parses the fingerprint `hush-relay fingerprint` prints.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], ClientError> {
+    let bytes = hex::decode(text.trim()).map_err(|_| ClientError::BadFingerprint)?;
+    bytes.try_into().map_err(|_| ClientError::BadFingerprint)
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Body>>>>;
+
+/// A connection to a relay.
+pub struct RelayClient {
+    endpoint: Endpoint,
+    connection: quinn::Connection,
+    exporter: [u8; 32],
+    out: mpsc::Sender<proto::ClientFrame>,
+    pending: Pending,
+    pushes: mpsc::Receiver<proto::Envelope>,
+    next_id: AtomicU64,
+    timeout: Duration,
+}
+
+impl RelayClient {
+    /// Connects to `addr`, accepting only the certificate whose SHA-256
+    /// is `fingerprint`.
+    pub async fn connect(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let err = |reason: String| ClientError::Connect { addr, reason };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinnedCertificate {
+            fingerprint,
+            provider: provider.clone(),
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| err(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| err(e.to_string()))?;
+        let mut transport = TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(15)));
+        if let Ok(idle) = Duration::from_secs(60).try_into() {
+            transport.max_idle_timeout(Some(idle));
+        }
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(Arc::new(transport));
+        let mut endpoint = Endpoint::client(bind).map_err(|e| err(e.to_string()))?;
+        endpoint.set_default_client_config(config);
+        let connection = endpoint
+            .connect(addr, "hush-relay")
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut exporter = [0u8; 32];
+        connection
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .map_err(|_| err("TLS exporter unavailable".into()))?;
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| err(e.to_string()))?;
+
+        let (out, mut outgoing) = mpsc::channel::<proto::ClientFrame>(4096);
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(first) = outgoing.recv().await {
+                buf.clear();
+                frame::encode(&first, &mut buf);
+                while buf.len() < 1 << 20 {
+                    match outgoing.try_recv() {
+                        Ok(next) => frame::encode(&next, &mut buf),
+                        Err(_) => break,
+                    }
+                }
+                if tokio::io::AsyncWriteExt::write_all(&mut send, &buf)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = send.finish();
+        });
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (push_tx, pushes) = mpsc::channel(65_536);
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Ok(Some(frame)) =
+                frame::read::<proto::RelayFrame, _>(&mut recv, &mut buf).await
+            {
+                let Some(body) = frame.body else { continue };
+                if frame.request_id == 0 {
+                    if let Body::Deliver(envelope) = body
+                        && push_tx.send(envelope).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                let waiter = waiting
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&frame.request_id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(body);
+                }
+            }
+            // Connection over: wake every waiter with an error.
+            if let Ok(mut p) = waiting.lock() {
+                p.clear();
+            }
+        });
+        Ok(Self {
+            endpoint,
+            connection,
+            exporter,
+            out,
+            pending,
+            pushes,
+            next_id: AtomicU64::new(1),
+            timeout: Duration::from_secs(30),
+        })
+    }
+
+    /// Sends a request without waiting; the returned receiver gets the
+    /// answer. Lets a caller keep many requests in flight.
+    pub async fn start(&self, request: Request) -> Result<oneshot::Receiver<Body>, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        self.out
+            .send(proto::ClientFrame {
+                request_id: id,
+                request: Some(request),
+            })
+            .await
+            .map_err(|_| self.closed())?;
+        Ok(rx)
+    }
+
+    /// Waits for an answer started with [`Self::start`]; relay errors
+    /// become [`ClientError::Relay`].
+    pub async fn finish(&self, answer: oneshot::Receiver<Body>) -> Result<Body, ClientError> {
+        match tokio::time::timeout(self.timeout, answer).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Err(_)) => Err(self.closed()),
+            Ok(Ok(Body::Error(e))) => Err(ClientError::Relay {
+                code: proto::ErrorCode::try_from(e.code).unwrap_or(proto::ErrorCode::Unspecified),
+                message: e.message,
+                device_keys: e.device_keys,
+            }),
+            Ok(Ok(body)) => Ok(body),
+        }
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn request(&self, request: Request) -> Result<Body, ClientError> {
+        let answer = self.start(request).await?;
+        self.finish(answer).await
+    }
+
+    fn closed(&self) -> ClientError {
+        ClientError::Closed(
+            self.connection
+                .close_reason()
+                .map_or_else(|| "stream ended".to_string(), |r| r.to_string()),
+        )
+    }
+
+    /// Proves this connection belongs to `identity`'s device. Returns
+    /// how many envelopes wait in its queue.
+    pub async fn authenticate(&self, identity: &IdentityKeyPair) -> Result<u64, ClientError> {
+        let signature = identity.sign(&[AUTH_CONTEXT, &self.exporter[..]].concat());
+        match self
+            .request(Request::Authenticate(proto::Authenticate {
+                device_key: identity.public().as_bytes().to_vec(),
+                signature: signature.to_vec(),
+            }))
+            .await?
+        {
+            Body::Authenticated(a) => Ok(a.queued),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// The next pushed envelope, or `None` once the connection is gone.
+    pub async fn next_push(&mut self) -> Option<proto::Envelope> {
+        self.pushes.recv().await
+    }
+
+    /// Why the relay closed the connection, once it has.
+    pub fn close_reason(&self) -> Option<quinn::ConnectionError> {
+        self.connection.close_reason()
+    }
+
+    /// Waits until the connection is closed, and returns why.
+    pub async fn closed_reason(&self) -> quinn::ConnectionError {
+        self.connection.closed().await
+    }
+
+    /// Moves the connection to a new local UDP socket (QUIC migration),
+    /// as a phone changing networks would.
+    pub fn rebind(&self, socket: std::net::UdpSocket) -> std::io::Result<()> {
+        self.endpoint.rebind(socket)
+    }
+
+    /// The local UDP address in use.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        self.connection.close(VarInt::from_u32(0), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}

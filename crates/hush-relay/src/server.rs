@@ -1,0 +1,311 @@
+//! The QUIC shell (`spec/relay.md`, "Transport"): it accepts
+//! connections, runs one frame stream per connection through the
+//! [`Relay`], and shuts down gracefully. It holds no relay logic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hush_proto::relay as proto;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Endpoint, TransportConfig, VarInt};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::frame::{self, FrameError};
+use crate::relay::{EXPORTER_LABEL, Event, Handled, Relay};
+use crate::store::Store;
+use crate::tls::Identity;
+
+/// The ALPN protocol id.
+pub const ALPN: &[u8] = b"hush/1";
+
+/// Application close codes (`spec/relay.md`, "Closing").
+pub mod close {
+    /// The client finished its stream; nothing wrong.
+    pub const NORMAL: u32 = 0;
+    /// Another connection authenticated as the same device.
+    pub const TAKEN_OVER: u32 = 1;
+    /// A frame was too large, truncated or not a `ClientFrame`.
+    pub const PROTOCOL: u32 = 2;
+    /// The relay is shutting down; reconnect later.
+    pub const SHUTTING_DOWN: u32 = 3;
+}
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+pub struct TransportOptions {
+    /// UDP address.
+    pub listen: SocketAddr,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// Concurrent bidirectional streams a client may open.
+    pub max_streams: u32,
+    /// Requested UDP buffer size.
+    pub udp_buffer: usize,
+}
+
+/// The endpoint could not be set up.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Socket.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the QUIC endpoint. Returns it and the UDP buffer sizes the
+/// kernel granted (receive, send).
+pub fn bind(
+    options: &TransportOptions,
+    identity: Identity,
+) -> Result<(Endpoint, (usize, usize)), ServerError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| ServerError::Tls(e.to_string()))?;
+    let mut transport = TransportConfig::default();
+    transport.keep_alive_interval(Some(options.keep_alive));
+    transport.max_idle_timeout(Some(
+        options
+            .idle_timeout
+            .try_into()
+            .map_err(|_| ServerError::Tls("idle timeout out of range".into()))?,
+    ));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(options.max_streams));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport));
+    config.migration(true);
+
+    let addr = options.listen;
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind_err)?;
+    // Loopback's default buffers drop bursts: ask for more (the kernel
+    // may grant less; the granted sizes are logged).
+    let _ = socket.set_recv_buffer_size(options.udp_buffer);
+    let _ = socket.set_send_buffer_size(options.udp_buffer);
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    let granted = (
+        socket.recv_buffer_size().unwrap_or(0),
+        socket.send_buffer_size().unwrap_or(0),
+    );
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+    let endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket.into(),
+        runtime,
+    )
+    .map_err(bind_err)?;
+    Ok((endpoint, granted))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Serves until `shutdown` turns true: then stops accepting, lets every
+/// connection finish the requests it has begun (every accepted send is
+/// committed and answered), closes them with `SHUTTING_DOWN`, and waits
+/// for the endpoint to go idle.
+pub async fn serve<S: Store>(
+    endpoint: Endpoint,
+    relay: Arc<Relay<S>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => {
+                    let relay = relay.clone();
+                    let shutdown = shutdown.clone();
+                    connections.spawn(async move { connection(relay, incoming, shutdown).await });
+                }
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    tracing::info!(
+        connections = connections.len(),
+        "shutting down: no new connections"
+    );
+    endpoint.set_server_config(None);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+    endpoint.close(
+        VarInt::from_u32(close::SHUTTING_DOWN),
+        b"relay shutting down",
+    );
+    endpoint.wait_idle().await;
+}
+
+enum Closing {
+    Finished,
+    Protocol(String),
+    TakenOver,
+    Shutdown,
+    Gone,
+}
+
+async fn connection<S: Store>(
+    relay: Arc<Relay<S>>,
+    incoming: quinn::Incoming,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "handshake failed");
+            return;
+        }
+    };
+    let id = conn.stable_id();
+    tracing::debug!(connection = id, "connected");
+    let mut exporter = [0u8; 32];
+    if conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .is_err()
+    {
+        conn.close(VarInt::from_u32(close::PROTOCOL), b"no TLS exporter");
+        return;
+    }
+    let (mut send, mut recv) = tokio::select! {
+        stream = conn.accept_bi() => match stream {
+            Ok(stream) => stream,
+            Err(_) => return,
+        },
+        _ = shutdown.changed() => {
+            conn.close(VarInt::from_u32(close::SHUTTING_DOWN), b"relay shutting down");
+            return;
+        }
+    };
+
+    // Reader: owns the receive side, so a frame is never cut in half by
+    // the select below.
+    let (frames_tx, mut frames) = mpsc::channel::<Result<proto::ClientFrame, FrameError>>(256);
+    let reader = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        loop {
+            match frame::read::<proto::ClientFrame, _>(&mut recv, &mut buf).await {
+                Ok(Some(f)) => {
+                    if frames_tx.send(Ok(f)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = frames_tx.send(Err(e)).await;
+                    break;
+                }
+            }
+        }
+    });
+    // Writer: drains every frame waiting into one write.
+    let (out, mut outgoing) = mpsc::channel::<proto::RelayFrame>(4096);
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(first) = outgoing.recv().await {
+            buf.clear();
+            frame::encode(&first, &mut buf);
+            while buf.len() < 1 << 20 {
+                match outgoing.try_recv() {
+                    Ok(next) => frame::encode(&next, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if send.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    });
+
+    let mut state = relay.connect(exporter, Instant::now());
+    let mut commits = JoinSet::new();
+    let closing = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(frame)) => match relay.begin(&mut state, frame, Instant::now(), unix_now()).await {
+                    Handled::Done(reply) => {
+                        if out.send(reply).await.is_err() {
+                            break Closing::Gone;
+                        }
+                    }
+                    Handled::Commit(pending) => {
+                        let (relay, out) = (relay.clone(), out.clone());
+                        commits.spawn(async move {
+                            let reply = relay.commit(pending).await;
+                            let _ = out.send(reply).await;
+                        });
+                    }
+                },
+                Some(Err(e)) => break Closing::Protocol(e.to_string()),
+                None => break Closing::Finished,
+            },
+            event = state.next_event() => match event {
+                Event::Notified(n) => {
+                    for f in relay.deliver(&mut state, n).await {
+                        if out.send(f).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Event::TakenOver => break Closing::TakenOver,
+            },
+            _ = shutdown.changed() => break Closing::Shutdown,
+            Some(_) = commits.join_next(), if !commits.is_empty() => {}
+        }
+    };
+    // Every send taken in is committed and answered before closing.
+    while commits.join_next().await.is_some() {}
+    relay.disconnect(&state);
+    reader.abort();
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let (code, reason): (u32, String) = match closing {
+        Closing::Finished | Closing::Gone => (close::NORMAL, String::new()),
+        Closing::Protocol(why) => (close::PROTOCOL, why),
+        Closing::TakenOver => (
+            close::TAKEN_OVER,
+            "another connection took over this device".into(),
+        ),
+        Closing::Shutdown => (close::SHUTTING_DOWN, "relay shutting down".into()),
+    };
+    tracing::debug!(connection = id, code, "closing");
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}

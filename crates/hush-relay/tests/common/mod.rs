@@ -1,0 +1,126 @@
+//! Starts the real `hush-relay` binary on loopback for a test.
+#![allow(dead_code, unreachable_pub, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hush_relay::client::{RelayClient, parse_fingerprint};
+
+/// A running relay process with its own data directory.
+pub struct RelayProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    pub fingerprint: [u8; 32],
+    pub log: PathBuf,
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hush-e2e-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl RelayProcess {
+    pub fn start(name: &str) -> Self {
+        Self::start_in(temp_dir(name), &[])
+    }
+
+    pub fn start_in(data: PathBuf, extra: &[&str]) -> Self {
+        let bin = env!("CARGO_BIN_EXE_hush-relay");
+        let out = Command::new(bin)
+            .args(["--data", data.to_str().expect("utf-8 path"), "fingerprint"])
+            .output()
+            .expect("runs hush-relay fingerprint");
+        assert!(out.status.success(), "fingerprint failed: {out:?}");
+        let fingerprint =
+            parse_fingerprint(&String::from_utf8_lossy(&out.stdout)).expect("fingerprint");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
+            .parse()
+            .expect("addr");
+        let log = data.join("relay.log");
+        let child = Command::new(bin)
+            .args([
+                "--data",
+                data.to_str().expect("utf-8 path"),
+                "--listen",
+                &addr.to_string(),
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starts hush-relay");
+        let relay = Self {
+            child,
+            addr,
+            data,
+            fingerprint,
+            log,
+        };
+        relay.wait_until_serving();
+        relay
+    }
+
+    fn wait_until_serving(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("hush-relay serving")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "relay did not start: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    pub async fn client(&self) -> RelayClient {
+        RelayClient::connect(self.addr, self.fingerprint)
+            .await
+            .expect("connects")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: a graceful stop.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("waits")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,341 @@
+//! End to end against the real `hush-relay` binary over loopback QUIC
+//! with a real SQLite file: register, fetch a bundle, send to an offline
+//! device, connect, receive, ack, gone; live push; takeover; wrong pin.
+#![allow(clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::RelayProcess;
+use hush_crypto::prekey::ExtraPreKey;
+use hush_crypto::{
+    ContentType, IdentityKeyPair, OneTimePreKeyPair, PreKeyBundle, PreKeyMessage, PreKeySecrets,
+    SealedEnvelope, Session, SessionMessage, SignedPreKeyPair, envelope,
+};
+use hush_proto::relay as proto;
+use hush_proto::wire;
+use hush_relay::client::{ClientError, RelayClient};
+use hush_relay::server::close;
+use proto::client_frame::Request;
+use proto::relay_frame::Body;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+struct Device {
+    identity: IdentityKeyPair,
+    signed: SignedPreKeyPair,
+    last_resort: SignedPreKeyPair,
+    one_time: Vec<OneTimePreKeyPair>,
+}
+
+impl PreKeySecrets for Device {
+    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.signed.id() == id).then_some(&self.signed)
+    }
+    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.last_resort.id() == id).then_some(&self.last_resort)
+    }
+    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
+        self.one_time.iter().find(|k| k.id() == id)
+    }
+}
+
+fn device(rng: &mut ChaCha20Rng) -> Device {
+    let identity = IdentityKeyPair::generate(rng);
+    Device {
+        signed: SignedPreKeyPair::generate(rng, &identity, 1),
+        last_resort: SignedPreKeyPair::generate_last_resort(rng, &identity, 2),
+        one_time: (100..110)
+            .map(|i| OneTimePreKeyPair::generate(rng, i))
+            .collect(),
+        identity,
+    }
+}
+
+fn signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
+    let p = k.public();
+    wire::SignedPreKey {
+        id: p.id,
+        public_key: p.public.to_vec(),
+        signature: p.signature.to_vec(),
+    }
+}
+
+async fn register(client: &RelayClient, d: &Device) {
+    client
+        .authenticate(&d.identity)
+        .await
+        .expect("authenticates");
+    let body = client
+        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
+            signed_prekey: Some(signed(&d.signed)),
+            last_resort_prekey: Some(signed(&d.last_resort)),
+            one_time_prekeys: d
+                .one_time
+                .iter()
+                .map(|k| wire::OneTimePreKey {
+                    id: k.id(),
+                    public_key: k.public().public.to_vec(),
+                })
+                .collect(),
+        }))
+        .await
+        .expect("registers");
+    assert!(matches!(
+        body,
+        Body::Registered(proto::Registered {
+            one_time_prekeys: 10
+        })
+    ));
+}
+
+async fn send_sealed(client: &RelayClient, id: u8, env: &SealedEnvelope, to: &Device) -> Body {
+    client
+        .request(Request::Send(proto::Send {
+            message_id: vec![id; 16],
+            body: env.body.to_bytes(),
+            recipients: vec![proto::Recipient {
+                device_key: to.identity.public().as_bytes().to_vec(),
+                slot: env.slot.to_vec(),
+            }],
+        }))
+        .await
+        .expect("sends")
+}
+
+fn open(to: &Device, e: &proto::Envelope) -> hush_crypto::Opened {
+    let body = hush_crypto::SealedBody::try_from(e.body.as_slice()).expect("body decodes");
+    let slot: [u8; 48] = e.slot.as_slice().try_into().expect("48-byte slot");
+    SealedEnvelope { body, slot }
+        .open(&to.identity)
+        .expect("opens")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_message_is_delivered_acked_and_gone() {
+    let relay = RelayProcess::start("offline");
+    let mut rng = ChaCha20Rng::from_seed([1; 32]);
+    let (alice, bob) = (device(&mut rng), device(&mut rng));
+
+    // Bob registers and goes away.
+    let bob_client = relay.client().await;
+    register(&bob_client, &bob).await;
+    bob_client.close().await;
+
+    // Alice, unauthenticated, fetches Bob's bundle and sends a sealed
+    // first message.
+    let alice_client = relay.client().await;
+    let Body::Bundle(proto::Bundle { bundle: Some(b) }) = alice_client
+        .request(Request::FetchBundle(proto::FetchBundle {
+            device_key: bob.identity.public().as_bytes().to_vec(),
+        }))
+        .await
+        .expect("bundle")
+    else {
+        panic!("bundle expected")
+    };
+    let bundle = PreKeyBundle::try_from(prost::Message::encode_to_vec(&b).as_slice())
+        .expect("decodes")
+        .verify()
+        .expect("verifies");
+    assert!(matches!(
+        bundle.bundle().extra,
+        Some(ExtraPreKey::OneTime(_))
+    ));
+    let mut session = Session::initiate(&mut rng, &alice.identity, &bundle).expect("x3dh");
+    let first = session
+        .encrypt(&mut rng, b"hello bob, you were offline")
+        .expect("encrypts");
+    let sealed = envelope::seal(
+        &mut rng,
+        &alice.identity,
+        1,
+        bob.identity.public(),
+        ContentType::PreKey,
+        &first.to_bytes(),
+    )
+    .expect("seals");
+    assert!(matches!(
+        send_sealed(&alice_client, 1, &sealed, &bob).await,
+        Body::Sent(proto::Sent {
+            duplicate: false,
+            ..
+        })
+    ));
+    // A resend after a lost ack is not stored twice.
+    assert!(matches!(
+        send_sealed(&alice_client, 1, &sealed, &bob).await,
+        Body::Sent(proto::Sent {
+            duplicate: true,
+            ..
+        })
+    ));
+
+    // Bob comes back, pages his queue, decrypts, acks by paging on.
+    let bob_client = relay.client().await;
+    assert_eq!(
+        bob_client.authenticate(&bob.identity).await.expect("auth"),
+        1
+    );
+    let Body::Page(page) = bob_client
+        .request(Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 0,
+        }))
+        .await
+        .expect("page")
+    else {
+        panic!("page expected")
+    };
+    assert_eq!(page.envelopes.len(), 1);
+    assert!(page.queue_empty);
+    let opened = open(&bob, &page.envelopes[0]);
+    assert_eq!(opened.sender, *alice.identity.public());
+    assert_eq!(opened.content_type, ContentType::PreKey);
+    let message = PreKeyMessage::try_from(opened.content.as_slice()).expect("prekey message");
+    let (mut bob_session, text) =
+        Session::respond(&bob.identity, &bob, &message).expect("responds");
+    assert_eq!(text, b"hello bob, you were offline");
+    let seq = page.envelopes[0].seq;
+    let Body::Page(next) = bob_client
+        .request(Request::FetchPage(proto::FetchPage {
+            after_seq: seq,
+            max_envelopes: 0,
+        }))
+        .await
+        .expect("page")
+    else {
+        panic!("page expected")
+    };
+    assert!(next.envelopes.is_empty() && next.queue_empty);
+
+    // Live: Bob replies; Alice is pushed the reply while connected.
+    alice_client
+        .authenticate(&alice.identity)
+        .await
+        .expect("auth");
+    let _ = alice_client
+        .request(Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 0,
+        }))
+        .await
+        .expect("alice drains her (empty) queue");
+    // Alice needs a queue: register her too.
+    let Body::Registered(_) = alice_client
+        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
+            signed_prekey: Some(signed(&alice.signed)),
+            last_resort_prekey: Some(signed(&alice.last_resort)),
+            one_time_prekeys: vec![],
+        }))
+        .await
+        .expect("registers")
+    else {
+        panic!("registered expected")
+    };
+    let reply = bob_session
+        .encrypt(&mut rng, b"hi alice")
+        .expect("encrypts");
+    assert!(matches!(reply, SessionMessage::Ratchet(_)));
+    let sealed = envelope::seal(
+        &mut rng,
+        &bob.identity,
+        1,
+        alice.identity.public(),
+        ContentType::Ratchet,
+        &reply.to_bytes(),
+    )
+    .expect("seals");
+    assert!(matches!(
+        send_sealed(&bob_client, 2, &sealed, &alice).await,
+        Body::Sent(_)
+    ));
+    let mut alice_client = alice_client;
+    let pushed = tokio::time::timeout(Duration::from_secs(10), alice_client.next_push())
+        .await
+        .expect("pushed in time")
+        .expect("connection alive");
+    let opened = open(&alice, &pushed);
+    let ratchet =
+        hush_crypto::RatchetMessage::try_from(opened.content.as_slice()).expect("decodes");
+    assert_eq!(
+        session
+            .decrypt(&SessionMessage::Ratchet(ratchet))
+            .expect("decrypts"),
+        b"hi alice"
+    );
+    let Body::Acked(acked) = alice_client
+        .request(Request::Ack(proto::Ack {
+            seqs: vec![pushed.seq],
+        }))
+        .await
+        .expect("acks")
+    else {
+        panic!("acked expected")
+    };
+    assert_eq!(acked.deleted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_connection_takes_over_and_the_first_is_told_why() {
+    let relay = RelayProcess::start("takeover");
+    let mut rng = ChaCha20Rng::from_seed([2; 32]);
+    let bob = device(&mut rng);
+    let first = relay.client().await;
+    register(&first, &bob).await;
+    let second = relay.client().await;
+    second.authenticate(&bob.identity).await.expect("auth");
+    let reason = tokio::time::timeout(Duration::from_secs(10), first.closed_reason())
+        .await
+        .expect("first connection closed");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(close::TAKEN_OVER));
+            assert!(String::from_utf8_lossy(&c.reason).contains("took over"));
+        }
+        other => panic!("unexpected close: {other:?}"),
+    }
+    // The second connection still works.
+    let body = second
+        .request(Request::PrekeyCount(proto::PrekeyCount {}))
+        .await
+        .expect("works");
+    assert!(matches!(body, Body::PrekeyStock(_)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_refused() {
+    let relay = RelayProcess::start("pin");
+    let mut wrong = relay.fingerprint;
+    wrong[0] ^= 1;
+    match RelayClient::connect(relay.addr, wrong).await {
+        Err(ClientError::Connect { .. }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("connected with a wrong pin"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_answers_then_closes_with_a_reason() {
+    let mut relay = RelayProcess::start("shutdown");
+    let client = relay.client().await;
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    register(&client, &device(&mut rng)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = relay.stop();
+        (status, relay)
+    });
+    let reason = tokio::time::timeout(Duration::from_secs(15), client.closed_reason())
+        .await
+        .expect("closed in time");
+    let (status, relay) = status.await.expect("joins");
+    assert!(status.success(), "exit {status:?}: {}", relay.log());
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(close::SHUTTING_DOWN));
+        }
+        other => panic!("unexpected close: {other:?}"),
+    }
+    assert!(relay.log().contains("stopped"));
+}
