@@ -124,6 +124,48 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
+/// The QUIC and TLS handshake alone (pinned certificate, ALPN): a
+/// connection with no stream open yet.
+pub async fn handshake(
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+) -> Result<(Endpoint, quinn::Connection), ClientError> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let err = |reason: String| ClientError::Connect { addr, reason };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCertificate {
+        fingerprint,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| err(e.to_string()))?;
+    let mut transport = TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(15)));
+    if let Ok(idle) = Duration::from_secs(60).try_into() {
+        transport.max_idle_timeout(Some(idle));
+    }
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = Endpoint::client(bind).map_err(|e| err(e.to_string()))?;
+    endpoint.set_default_client_config(config);
+    let connection = endpoint
+        .connect(addr, "hush-relay")
+        .map_err(|e| err(e.to_string()))?
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Ok((endpoint, connection))
+}
+
 /// Parses the fingerprint `hush-relay fingerprint` prints.
 pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], ClientError> {
     let bytes = hex::decode(text.trim()).map_err(|_| ClientError::BadFingerprint)?;
@@ -148,39 +190,8 @@ impl RelayClient {
     /// Connects to `addr`, accepting only the certificate whose SHA-256
     /// is `fingerprint`.
     pub async fn connect(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        };
+        let (endpoint, connection) = handshake(addr, fingerprint).await?;
         let err = |reason: String| ClientError::Connect { addr, reason };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(PinnedCertificate {
-            fingerprint,
-            provider: provider.clone(),
-        });
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| err(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = QuicClientConfig::try_from(tls).map_err(|e| err(e.to_string()))?;
-        let mut transport = TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(15)));
-        if let Ok(idle) = Duration::from_secs(60).try_into() {
-            transport.max_idle_timeout(Some(idle));
-        }
-        let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(Arc::new(transport));
-        let mut endpoint = Endpoint::client(bind).map_err(|e| err(e.to_string()))?;
-        endpoint.set_default_client_config(config);
-        let connection = endpoint
-            .connect(addr, "hush-relay")
-            .map_err(|e| err(e.to_string()))?
-            .await
-            .map_err(|e| err(e.to_string()))?;
         let mut exporter = [0u8; 32];
         connection
             .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
