@@ -56,7 +56,8 @@ pub struct Config {
     pub keep_alive_secs: u64,
     /// QUIC idle timeout, seconds: a silent connection is closed after it.
     pub idle_timeout_secs: u64,
-    /// Concurrent bidirectional streams a client may open.
+    /// Concurrent bidirectional streams a client may open. The protocol
+    /// uses one; the relay serves only the first.
     pub max_streams: u32,
     /// Requested UDP socket buffer size (send and receive), bytes.
     pub udp_buffer_bytes: usize,
@@ -96,7 +97,7 @@ impl Default for Config {
             tls_key: None,
             keep_alive_secs: 15,
             idle_timeout_secs: 60,
-            max_streams: 4,
+            max_streams: 1,
             udp_buffer_bytes: 8 << 20,
             sweep_interval_secs: 60,
             max_body_bytes: limits.max_body,
@@ -131,11 +132,23 @@ impl Config {
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
-        if self.idle_timeout_secs == 0 || self.keep_alive_secs >= self.idle_timeout_secs {
-            return bad("keep_alive_secs must be below idle_timeout_secs, which must be above 0");
+        if self.keep_alive_secs == 0 || self.keep_alive_secs >= self.idle_timeout_secs {
+            return bad("keep_alive_secs must be at least 1 and below idle_timeout_secs");
         }
-        if self.max_streams == 0 {
-            return bad("max_streams must be at least 1");
+        if self.max_streams != 1 {
+            return bad("max_streams must be 1 (the protocol uses one stream per connection)");
+        }
+        if self.sweep_interval_secs == 0 {
+            return bad("sweep_interval_secs must be at least 1");
+        }
+        if self.max_recipients > 2_000 {
+            return bad("max_recipients must be 1 to 2000 (a send must fit in one frame)");
+        }
+        if !(1..=86_400).contains(&self.bundle_refill_secs) {
+            return bad("bundle_refill_secs must be 1 to 86400");
+        }
+        if !(1..=60_000_000).contains(&self.send_refill_micros) {
+            return bad("send_refill_micros must be 1 to 60000000");
         }
         if self.max_body_bytes == 0 || self.max_body_bytes > 128 * 1024 {
             return bad("max_body_bytes must be 1 to 131072");

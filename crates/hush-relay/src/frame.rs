@@ -5,9 +5,11 @@ use prost::Message;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The largest frame either side accepts: a 64 KiB body plus 1,000
-/// recipients (84 bytes each) and framing fits well inside.
-pub const MAX_FRAME: usize = 256 * 1024;
+/// The largest frame either side accepts: a page (at most
+/// `store::PAGE_MAX_BYTES` of bodies plus one more envelope and framing)
+/// and a send (a body of at most 128 KiB plus 2,000 recipients of 84
+/// bytes) both fit inside.
+pub const MAX_FRAME: usize = 2 * 1024 * 1024;
 
 /// Why a frame could not be read.
 #[derive(Debug, Error)]

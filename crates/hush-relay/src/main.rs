@@ -104,6 +104,11 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let (config, command) = parse(std::env::args().skip(1))?;
+    if let (Some(url), Command::Serve) = (&config.database, &command) {
+        bail!(
+            "--database {url}: PostgreSQL support is not built yet; run without --database to use the embedded SQLite store"
+        );
+    }
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating data directory {}", config.data.display()))?;
     let identity = identity(&config)?;
@@ -127,11 +132,6 @@ fn run() -> Result<()> {
 }
 
 async fn serve(config: Config, identity: tls::Identity) -> Result<()> {
-    if let Some(url) = &config.database {
-        bail!(
-            "--database {url}: PostgreSQL support is not built yet; run without --database to use the embedded SQLite store"
-        );
-    }
     let fingerprint = identity.fingerprint();
     let db = config.data.join("relay.sqlite");
     let store = SqliteStore::open(&db)

@@ -114,7 +114,16 @@ pub struct PendingSend {
 
 /// A push to a connected device: an envelope just committed to its queue.
 #[derive(Clone, Debug)]
-pub struct Notification(pub Arc<StoredEnvelope>);
+pub struct Notification {
+    seq: u64,
+    /// Shared by every recipient of the envelope.
+    body: Arc<Vec<u8>>,
+    slot: Slot,
+    expires_at: u64,
+}
+
+/// The most sequence numbers one `Ack` may list.
+pub const MAX_ACK: usize = 4096;
 
 /// Capacity of a connection's notification buffer.
 const NOTIFY_CAPACITY: usize = 1024;
@@ -166,6 +175,8 @@ pub struct Connection {
     live: bool,
     notifications: Option<mpsc::Receiver<Notification>>,
     overflowed: Arc<AtomicBool>,
+    /// More is waiting than the last gap fill read.
+    resync: bool,
     takeover: Option<oneshot::Receiver<()>>,
     bundles: Bucket,
     sends: Bucket,
@@ -180,6 +191,10 @@ impl Connection {
     /// Waits for the next push for this connection, or for a takeover.
     /// Never resolves before authentication.
     pub async fn next_event(&mut self) -> Event {
+        if self.resync && self.live {
+            self.resync = false;
+            return Event::Resync;
+        }
         let (Some(rx), Some(takeover)) = (self.notifications.as_mut(), self.takeover.as_mut())
         else {
             return std::future::pending().await;
@@ -201,6 +216,8 @@ pub enum Event {
     Notified(Notification),
     /// Another connection authenticated as this device.
     TakenOver,
+    /// A gap fill stopped at a page boundary: call [`Relay::resync`].
+    Resync,
 }
 
 fn error(request_id: u64, code: proto::ErrorCode, message: impl Into<String>) -> proto::RelayFrame {
@@ -333,6 +350,7 @@ impl<S: Store> Relay<S> {
             live: false,
             notifications: None,
             overflowed: Arc::new(AtomicBool::new(false)),
+            resync: false,
             takeover: None,
             bundles: Bucket::full(self.limits.bundle_burst, now),
             sends: Bucket::full(self.limits.send_burst, now),
@@ -441,6 +459,12 @@ impl<S: Store> Relay<S> {
                 "connection already authenticated as another device",
             );
         }
+        // Read before any state changes: a failure here leaves the
+        // connection, and any other connection of this device, as it was.
+        let queued = match self.store.queue_len(device).await {
+            Ok(queued) => queued,
+            Err(e) => return store_error(id, e),
+        };
         let (notify, notifications) = mpsc::channel(NOTIFY_CAPACITY);
         let (takeover_tx, takeover_rx) = oneshot::channel();
         let previous = match self.online.lock() {
@@ -466,13 +490,11 @@ impl<S: Store> Relay<S> {
         conn.takeover = Some(takeover_rx);
         conn.live = false;
         conn.delivered = 0;
-        match self.store.queue_len(device).await {
-            Ok(queued) => reply(
-                id,
-                proto::relay_frame::Body::Authenticated(proto::Authenticated { queued }),
-            ),
-            Err(e) => store_error(id, e),
-        }
+        conn.resync = false;
+        reply(
+            id,
+            proto::relay_frame::Body::Authenticated(proto::Authenticated { queued }),
+        )
     }
 
     async fn register(
@@ -745,13 +767,13 @@ impl<S: Store> Relay<S> {
         };
         for ((device, seq), slot) in devices.iter().zip(seqs).zip(slots) {
             if let Some(o) = online.get(device) {
-                let envelope = StoredEnvelope {
+                let notification = Notification {
                     seq: *seq,
-                    body: body.as_ref().clone(),
+                    body: body.clone(),
                     slot: *slot,
                     expires_at,
                 };
-                if o.notify.try_send(Notification(Arc::new(envelope))).is_err() {
+                if o.notify.try_send(notification).is_err() {
                     o.overflowed.store(true, Ordering::Release);
                 }
             }
@@ -780,7 +802,6 @@ impl<S: Store> Relay<S> {
                 }
                 if page.queue_empty {
                     conn.live = true;
-                    conn.overflowed.store(false, Ordering::Release);
                 }
                 self.counters
                     .envelopes_out
@@ -801,6 +822,13 @@ impl<S: Store> Relay<S> {
         let Some(device) = conn.device else {
             return unauthenticated(id);
         };
+        if a.seqs.len() > MAX_ACK {
+            return error(
+                id,
+                proto::ErrorCode::Malformed,
+                format!("at most {MAX_ACK} sequence numbers per ack"),
+            );
+        }
         match self.store.ack(device, a.seqs).await {
             Ok(deleted) => {
                 self.counters
@@ -815,40 +843,60 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    /// Turns a push into frames for the device: in order, without gaps
-    /// (a gap, or an overflowed buffer, is filled from the store), and
-    /// only once the device has paged to the end of its queue.
-    pub async fn deliver(
-        &self,
-        conn: &mut Connection,
-        notification: Notification,
-    ) -> Vec<proto::RelayFrame> {
-        let Some(device) = conn.device else {
-            return Vec::new();
-        };
-        if !conn.live || notification.0.seq <= conn.delivered {
+    /// Turns a push into frames for the device: in order, without gaps,
+    /// and only once the device has paged to the end of its queue. A gap
+    /// or an overflowed notification buffer is filled from the store
+    /// (read only: pushed envelopes are deleted by the device's ack).
+    pub async fn deliver(&self, conn: &mut Connection, n: Notification) -> Vec<proto::RelayFrame> {
+        if !conn.live || conn.device.is_none() {
             return Vec::new();
         }
         let overflowed = conn.overflowed.swap(false, Ordering::AcqRel);
-        let envelopes: Vec<StoredEnvelope> =
-            if notification.0.seq == conn.delivered + 1 && !overflowed {
-                vec![notification.0.as_ref().clone()]
-            } else {
-                // Read only: pushed envelopes are deleted by the device's ack.
-                match self
-                    .store
-                    .read(device, conn.delivered, self.limits.page_size)
-                    .await
-                {
-                    Ok(page) => page.envelopes,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gap fill failed");
-                        return Vec::new();
-                    }
-                }
-            };
-        let mut frames = Vec::with_capacity(envelopes.len());
-        for e in envelopes {
+        if n.seq == conn.delivered + 1 && !overflowed {
+            conn.delivered = n.seq;
+            self.counters.envelopes_out.fetch_add(1, Ordering::Relaxed);
+            return vec![reply(
+                0,
+                proto::relay_frame::Body::Deliver(proto::Envelope {
+                    seq: n.seq,
+                    body: n.body.as_ref().clone(),
+                    slot: n.slot.to_vec(),
+                    expires_at: n.expires_at,
+                }),
+            )];
+        }
+        if n.seq <= conn.delivered && !overflowed {
+            return Vec::new();
+        }
+        self.resync(conn).await
+    }
+
+    /// Reads the next page after what this connection has delivered and
+    /// pushes it; if more is waiting, [`Connection::next_event`] returns
+    /// [`Event::Resync`] next, so a far-behind device is caught up page
+    /// by page between its requests, never stalled.
+    pub async fn resync(&self, conn: &mut Connection) -> Vec<proto::RelayFrame> {
+        let Some(device) = conn.device else {
+            return Vec::new();
+        };
+        if !conn.live {
+            return Vec::new();
+        }
+        let page = match self
+            .store
+            .read(device, conn.delivered, self.limits.page_size)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(error = %e, "push gap fill failed; retried on the next push");
+                conn.overflowed.store(true, Ordering::Release);
+                return Vec::new();
+            }
+        };
+        conn.resync = !page.queue_empty;
+        let mut frames = Vec::with_capacity(page.envelopes.len());
+        for e in page.envelopes {
             if e.seq > conn.delivered {
                 conn.delivered = e.seq;
                 frames.push(reply(

@@ -260,6 +260,11 @@ async fn connection<S: Store>(
     let closing = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
+                // Request id 0 is reserved for pushes: a client sending it
+                // is broken, and an error answer would look like a push.
+                Some(Ok(frame)) if frame.request_id == 0 => {
+                    break Closing::Protocol("request_id 0 is reserved for pushes".into())
+                }
                 Some(Ok(frame)) => match relay.begin(&mut state, frame, Instant::now(), unix_now()).await {
                     Handled::Done(reply) => {
                         if out.send(reply).await.is_err() {
@@ -280,6 +285,13 @@ async fn connection<S: Store>(
             event = state.next_event() => match event {
                 Event::Notified(n) => {
                     for f in relay.deliver(&mut state, n).await {
+                        if out.send(f).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Event::Resync => {
+                    for f in relay.resync(&mut state).await {
                         if out.send(f).await.is_err() {
                             break;
                         }

@@ -94,6 +94,13 @@ pub fn load_or_create(data: &Path) -> Result<Identity, TlsError> {
     if cert.exists() && key.exists() {
         return load(&cert, &key);
     }
+    // A crash between writing the key and the certificate leaves half an
+    // identity that no client has pinned yet: start over.
+    for leftover in [&key, &cert] {
+        if leftover.exists() {
+            std::fs::remove_file(leftover).map_err(io(leftover))?;
+        }
+    }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
         .map_err(|e| TlsError::Generate(e.to_string()))?;
@@ -102,20 +109,22 @@ pub fn load_or_create(data: &Path) -> Result<Identity, TlsError> {
     let certificate = params
         .self_signed(&key_pair)
         .map_err(|e| TlsError::Generate(e.to_string()))?;
-    write_private(&key, key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, certificate.pem()).map_err(io(&cert))?;
+    write_file(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&cert, certificate.pem().as_bytes(), 0o644)?;
     load(&cert, &key)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(mode);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut file = options.open(path).map_err(io(path))?;
     file.write_all(bytes).map_err(io(path))?;
     file.sync_all().map_err(io(path))
@@ -141,6 +150,10 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "key readable by others");
         }
+        // Half an identity (crash after the key) is replaced.
+        std::fs::remove_file(dir.join("tls/cert.pem")).expect("removes");
+        let third = load_or_create(&dir).expect("recreates");
+        assert_ne!(third.fingerprint(), first.fingerprint());
         std::fs::write(dir.join("tls/cert.pem"), "not pem").expect("writes");
         assert!(matches!(load_or_create(&dir), Err(TlsError::Pem { .. })));
         std::fs::remove_dir_all(&dir).ok();

@@ -506,3 +506,74 @@ async fn bad_requests_get_their_error_codes() {
     );
     assert_eq!(relay.counters.quota_rejections.load(Ordering::Relaxed), 1);
 }
+
+#[tokio::test]
+async fn a_far_behind_live_connection_is_caught_up_page_by_page() {
+    let limits = Limits {
+        page_size: 2,
+        ..Limits::default()
+    };
+    let relay = relay("resync", limits).await;
+    let bob = device(11);
+    let mut bob_conn = online(&relay, &bob, 1).await;
+    call(&relay, &mut bob_conn, 2, register(&bob)).await;
+    let page = call(
+        &relay,
+        &mut bob_conn,
+        3,
+        Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 0,
+        }),
+    )
+    .await;
+    assert!(matches!(
+        page,
+        Body::Page(proto::Page {
+            queue_empty: true,
+            ..
+        })
+    ));
+    let mut sender = relay.connect([3; 32], Instant::now());
+    for i in 1..=7u8 {
+        call(&relay, &mut sender, u64::from(i), send(i, &[i], &[&bob])).await;
+    }
+    // Lose the first six notifications: the seventh finds a gap of six,
+    // more than a page.
+    for _ in 0..6 {
+        let _ = bob_conn.next_event().await;
+    }
+    let mut seqs = Vec::new();
+    let Event::Notified(n) = bob_conn.next_event().await else {
+        panic!("notification expected")
+    };
+    let mut frames = relay.deliver(&mut bob_conn, n).await;
+    loop {
+        for f in &frames {
+            if let Some(Body::Deliver(e)) = &f.body {
+                seqs.push(e.seq);
+            }
+        }
+        let next = tokio::time::timeout(Duration::from_millis(200), bob_conn.next_event()).await;
+        match next {
+            Ok(Event::Resync) => frames = relay.resync(&mut bob_conn).await,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(seqs, (1..=7).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn acks_are_bounded() {
+    let relay = relay("ackbound", Limits::default()).await;
+    let bob = device(12);
+    let mut conn = online(&relay, &bob, 1).await;
+    let too_many = Request::Ack(proto::Ack {
+        seqs: (0..=MAX_ACK as u64).collect(),
+    });
+    assert_eq!(
+        code(&call(&relay, &mut conn, 2, too_many).await),
+        Some(proto::ErrorCode::Malformed)
+    );
+}

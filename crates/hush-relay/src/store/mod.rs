@@ -21,6 +21,10 @@ pub type MessageId = [u8; 16];
 /// A recipient's key slot in a sealed envelope.
 pub type Slot = [u8; 48];
 
+/// The most body bytes in one page (at least one envelope is always
+/// returned): keeps every page frame far below `frame::MAX_FRAME`.
+pub const PAGE_MAX_BYTES: usize = 1 << 20;
+
 /// A signed prekey or last-resort prekey, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedKey {
@@ -131,8 +135,8 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// The relay's storage. Implemented for SQLite (embedded default) and
-/// PostgreSQL (several relays, one database).
+/// The relay's storage. Implemented for SQLite (the embedded default);
+/// a PostgreSQL implementation is planned (`spec/relay.md`).
 pub trait Store: Send + Sync + 'static {
     /// Creates or replaces a device's prekeys. Returns the one-time stock.
     fn register(
@@ -163,7 +167,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
 
     /// Deletes envelopes with `seq <= after`, then returns up to `max`
-    /// envelopes with `seq > after`.
+    /// envelopes (and at most [`PAGE_MAX_BYTES`] of bodies, but always
+    /// one if any is waiting) with `seq > after`.
     fn page(
         &self,
         device: DeviceKey,

@@ -17,8 +17,8 @@ use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BundleParts, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload, QueueLimits, SignedKey,
-    Store, StoreError, StoredEnvelope,
+    BundleParts, DeviceKey, Enqueued, NewEnvelope, PAGE_MAX_BYTES, Page, PrekeyUpload, QueueLimits,
+    SignedKey, Store, StoreError, StoredEnvelope,
 };
 
 /// Jobs taken into one transaction at most.
@@ -281,7 +281,10 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
                 .bind(&device[..])
                 .fetch_optional(&mut **tx)
                 .await?;
-            Answer::Number(row.map_or(0, |r| u64_of(r.get(0))))
+            match row {
+                Some(r) => Answer::Number(u64_of(r.try_get(0)?)),
+                None => Answer::Number(0),
+            }
         }
         Op::Sweep(now) => {
             let removed = remove(tx, Removal::Expired(*now)).await?;
@@ -358,14 +361,14 @@ async fn take_bundle(
         return Ok(None);
     };
     let signed = SignedKey {
-        id: u32_of(row.get(0))?,
-        public: fixed(row.get::<&[u8], _>(1))?,
-        signature: fixed(row.get::<&[u8], _>(2))?,
+        id: u32_of(row.try_get(0)?)?,
+        public: fixed(row.try_get::<&[u8], _>(1)?)?,
+        signature: fixed(row.try_get::<&[u8], _>(2)?)?,
     };
     let last_resort = SignedKey {
-        id: u32_of(row.get(3))?,
-        public: fixed(row.get::<&[u8], _>(4))?,
-        signature: fixed(row.get::<&[u8], _>(5))?,
+        id: u32_of(row.try_get(3)?)?,
+        public: fixed(row.try_get::<&[u8], _>(4)?)?,
+        signature: fixed(row.try_get::<&[u8], _>(5)?)?,
     };
     // The writer is the only connection: take and delete are one step.
     let taken = sqlx::query(
@@ -377,7 +380,7 @@ async fn take_bundle(
     .fetch_optional(&mut **tx)
     .await?;
     let one_time = match taken {
-        Some(r) => Some((u32_of(r.get(0))?, fixed(r.get::<&[u8], _>(1))?)),
+        Some(r) => Some((u32_of(r.try_get(0)?)?, fixed(r.try_get::<&[u8], _>(1)?)?)),
         None => None,
     };
     Ok(Some(BundleParts {
@@ -400,7 +403,7 @@ async fn prekey_count(tx: &mut Tx<'_>, device: &DeviceKey) -> Result<Option<u32>
         .bind(&device[..])
         .fetch_one(&mut **tx)
         .await?
-        .get(0);
+        .try_get(0)?;
     Ok(Some(u32_of(n)?))
 }
 
@@ -431,7 +434,11 @@ async fn enqueue(
         match row {
             None => unknown.push(*device),
             Some(r) => {
-                let (seq, count, bytes) = (u64_of(r.get(0)), u64_of(r.get(1)), u64_of(r.get(2)));
+                let (seq, count, bytes) = (
+                    u64_of(r.try_get(0)?),
+                    u64_of(r.try_get(1)?),
+                    u64_of(r.try_get(2)?),
+                );
                 if count + 1 > limits.max_envelopes || bytes + size > limits.max_bytes {
                     full.push(*device);
                 }
@@ -450,7 +457,7 @@ async fn enqueue(
         .bind(envelope.recipients.len() as i64)
         .fetch_one(&mut **tx)
         .await?
-        .get(0);
+        .try_get(0)?;
     for ((device, slot), seq) in envelope.recipients.iter().zip(&next) {
         sqlx::query(
             "INSERT INTO queue (device_key, seq, body_id, slot, size, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -496,14 +503,23 @@ async fn read(
     .bind(i64::from(max) + 1)
     .fetch_all(&mut **tx)
     .await?;
-    let queue_empty = rows.len() <= max as usize;
     let mut envelopes = Vec::with_capacity(rows.len().min(max as usize));
-    for row in rows.iter().take(max as usize) {
+    let mut bytes = 0usize;
+    let mut queue_empty = true;
+    for row in &rows {
+        let body: Vec<u8> = row.try_get(1)?;
+        let full = envelopes.len() >= max as usize
+            || (!envelopes.is_empty() && bytes + body.len() > PAGE_MAX_BYTES);
+        if full {
+            queue_empty = false;
+            break;
+        }
+        bytes += body.len();
         envelopes.push(StoredEnvelope {
-            seq: u64_of(row.get(0)),
-            body: row.get::<Vec<u8>, _>(1),
-            slot: fixed(row.get::<&[u8], _>(2))?,
-            expires_at: u64_of(row.get(3)),
+            seq: u64_of(row.try_get(0)?),
+            body,
+            slot: fixed(row.try_get::<&[u8], _>(2)?)?,
+            expires_at: u64_of(row.try_get(3)?),
         });
     }
     Ok(Page {
@@ -792,6 +808,36 @@ pub(crate) mod tests {
         }
         assert_eq!(seen, (0..25).collect::<Vec<u8>>());
         assert_eq!(store.queue_len(a).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn pages_are_bounded_by_bytes_but_never_empty() {
+        let store = SqliteStore::open(&temp_db("pagebytes"))
+            .await
+            .expect("opens");
+        let a = [1; 32];
+        store.register(a, upload(0)).await.expect("registers");
+        let big = QueueLimits {
+            max_envelopes: 100,
+            max_bytes: 1 << 30,
+        };
+        for i in 0..3u8 {
+            store
+                .enqueue(envelope(i, &vec![i; 600 * 1024], &[a]), big)
+                .await
+                .expect("stores");
+        }
+        let page = store.page(a, 0, 100).await.expect("pages");
+        assert_eq!(
+            page.envelopes.len(),
+            1,
+            "600 KiB + 600 KiB is over the page budget"
+        );
+        assert!(!page.queue_empty, "a page cut short by size is not the end");
+        let page = store.page(a, 1, 100).await.expect("pages");
+        assert_eq!(page.envelopes.len(), 1);
+        let page = store.page(a, 2, 100).await.expect("pages");
+        assert_eq!((page.envelopes.len(), page.queue_empty), (1, true));
     }
 
     #[tokio::test]
