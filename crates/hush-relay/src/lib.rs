@@ -9,6 +9,7 @@
 pub mod client;
 pub mod config;
 pub mod frame;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod store;

@@ -149,6 +149,14 @@ async fn serve(config: Config, identity: tls::Identity) -> Result<()> {
     let listen = endpoint.local_addr().context("reading the bound address")?;
     tracing::info!(%listen, %fingerprint, database = %db.display(), rcvbuf, sndbuf, "hush-relay serving");
 
+    if let Some(addr) = config.metrics {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hush_relay::metrics::serve(addr, relay).await {
+                tracing::error!(error = %e, %addr, "metrics server stopped");
+            }
+        });
+    }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let sweeper = {
         let relay = relay.clone();

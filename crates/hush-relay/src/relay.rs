@@ -120,6 +120,7 @@ pub struct Notification {
     body: Arc<Vec<u8>>,
     slot: Slot,
     expires_at: u64,
+    committed: Instant,
 }
 
 /// The most sequence numbers one `Ack` may list.
@@ -151,6 +152,12 @@ pub struct Counters {
     pub expired: AtomicU64,
     /// Requests rejected by rate limits.
     pub rate_limited: AtomicU64,
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Send commit latency.
+    pub commit_latency: crate::metrics::Histogram,
+    /// Commit-to-push latency.
+    pub delivery_latency: crate::metrics::Histogram,
 }
 
 /// The relay: shared by every connection.
@@ -342,6 +349,7 @@ impl<S: Store> Relay<S> {
     /// State for a new connection whose TLS exporter output (label
     /// [`EXPORTER_LABEL`], empty context, 32 bytes) is `exporter`.
     pub fn connect(&self, exporter: [u8; 32], now: Instant) -> Connection {
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
         Connection {
             id: self.next_connection.fetch_add(1, Ordering::Relaxed),
             exporter,
@@ -359,6 +367,7 @@ impl<S: Store> Relay<S> {
 
     /// Forgets a closed connection.
     pub fn disconnect(&self, connection: &Connection) {
+        self.counters.connections.fetch_sub(1, Ordering::Relaxed);
         if let (Some(device), Ok(mut online)) = (connection.device, self.online.lock())
             && online
                 .get(&device)
@@ -721,7 +730,10 @@ impl<S: Store> Relay<S> {
         let notify: Vec<DeviceKey> = envelope.recipients.iter().map(|(d, _)| *d).collect();
         let body = Arc::new(envelope.body.clone());
         let slots: Vec<Slot> = envelope.recipients.iter().map(|(_, s)| *s).collect();
-        match self.store.enqueue(envelope, self.limits.queue).await {
+        let started = Instant::now();
+        let result = self.store.enqueue(envelope, self.limits.queue).await;
+        self.counters.commit_latency.observe(started.elapsed());
+        match result {
             Ok(Enqueued::Stored(seqs)) => {
                 self.counters
                     .envelopes_in
@@ -772,6 +784,7 @@ impl<S: Store> Relay<S> {
                     body: body.clone(),
                     slot: *slot,
                     expires_at,
+                    committed: Instant::now(),
                 };
                 if o.notify.try_send(notification).is_err() {
                     o.overflowed.store(true, Ordering::Release);
@@ -854,6 +867,9 @@ impl<S: Store> Relay<S> {
         let overflowed = conn.overflowed.swap(false, Ordering::AcqRel);
         if n.seq == conn.delivered + 1 && !overflowed {
             conn.delivered = n.seq;
+            self.counters
+                .delivery_latency
+                .observe(n.committed.elapsed());
             self.counters.envelopes_out.fetch_add(1, Ordering::Relaxed);
             return vec![reply(
                 0,

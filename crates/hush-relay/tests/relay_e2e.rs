@@ -339,3 +339,61 @@ async fn graceful_shutdown_answers_then_closes_with_a_reason() {
     }
     assert!(relay.log().contains("stopped"));
 }
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("writes");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("reads");
+    text
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happens_and_name_no_one() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let relay = RelayProcess::start_in(
+        common::temp_dir("metrics"),
+        &["--metrics", &metrics.to_string()],
+    );
+    let mut rng = ChaCha20Rng::from_seed([4; 32]);
+    let bob = device(&mut rng);
+    let client = relay.client().await;
+    register(&client, &bob).await;
+    let env = envelope::seal(
+        &mut rng,
+        &bob.identity,
+        1,
+        bob.identity.public(),
+        ContentType::Ratchet,
+        b"to self",
+    )
+    .expect("seals");
+    assert!(matches!(
+        send_sealed(&client, 9, &env, &bob).await,
+        Body::Sent(_)
+    ));
+    let text = tokio::task::spawn_blocking(move || scrape(metrics))
+        .await
+        .expect("joins");
+    assert_eq!(metric(&text, "hush_relay_envelopes_in_total"), 1);
+    assert_eq!(metric(&text, "hush_relay_queued_envelopes"), 1);
+    assert_eq!(metric(&text, "hush_relay_devices"), 1);
+    assert_eq!(metric(&text, "hush_relay_one_time_prekeys"), 10);
+    assert_eq!(metric(&text, "hush_relay_commit_seconds_count"), 1);
+    assert!(metric(&text, "hush_relay_connections") >= 1);
+    assert!(!text.contains(&hex::encode(bob.identity.public().as_bytes())));
+}

@@ -112,6 +112,23 @@ pub struct Page {
     pub queue_empty: bool,
 }
 
+/// Aggregates for metrics (no per-device detail).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Registered devices.
+    pub devices: u64,
+    /// Envelopes waiting, all queues.
+    pub queued_envelopes: u64,
+    /// Bytes waiting, all queues.
+    pub queued_bytes: u64,
+    /// Envelopes in the fullest queue.
+    pub deepest_queue: u64,
+    /// One-time prekeys in stock, all devices.
+    pub one_time_prekeys: u64,
+    /// Devices with fewer than 10 one-time prekeys.
+    pub devices_low_on_prekeys: u64,
+}
+
 /// Storage failures.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -193,6 +210,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Envelopes waiting in a queue.
     fn queue_len(&self, device: DeviceKey) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Aggregate numbers for metrics.
+    fn stats(&self) -> impl Future<Output = Result<Stats, StoreError>> + Send;
 
     /// Deletes envelopes and message ids expired at `now`; returns the
     /// number of envelopes removed.

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BundleParts, DeviceKey, Enqueued, NewEnvelope, PAGE_MAX_BYTES, Page, PrekeyUpload, QueueLimits,
-    SignedKey, Store, StoreError, StoredEnvelope,
+    SignedKey, Stats, Store, StoreError, StoredEnvelope,
 };
 
 /// Jobs taken into one transaction at most.
@@ -64,6 +64,7 @@ enum Op {
     Read(DeviceKey, u64, u32),
     Ack(DeviceKey, Vec<u64>),
     QueueLen(DeviceKey),
+    Stats,
     Sweep(u64),
 }
 
@@ -74,6 +75,7 @@ enum Answer {
     Enqueued(Result<Enqueued, StoreError>),
     Page(Page),
     Number(u64),
+    Stats(Stats),
 }
 
 struct Job {
@@ -176,6 +178,13 @@ impl Store for SqliteStore {
     async fn queue_len(&self, device: DeviceKey) -> Result<u64, StoreError> {
         match self.call(Op::QueueLen(device)).await? {
             Answer::Number(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        match self.call(Op::Stats).await? {
+            Answer::Stats(s) => Ok(s),
             _ => Err(unexpected()),
         }
     }
@@ -285,6 +294,26 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
                 Some(r) => Answer::Number(u64_of(r.try_get(0)?)),
                 None => Answer::Number(0),
             }
+        }
+        Op::Stats => {
+            let row = sqlx::query(
+                "SELECT COUNT(*), COALESCE(SUM(queued_count), 0), COALESCE(SUM(queued_bytes), 0),
+                        COALESCE(MAX(queued_count), 0),
+                        (SELECT COUNT(*) FROM one_time_prekeys),
+                        (SELECT COUNT(*) FROM devices d WHERE
+                           (SELECT COUNT(*) FROM one_time_prekeys o WHERE o.device_key = d.device_key) < 10)
+                 FROM devices",
+            )
+            .fetch_one(&mut **tx)
+            .await?;
+            Answer::Stats(Stats {
+                devices: u64_of(row.try_get(0)?),
+                queued_envelopes: u64_of(row.try_get(1)?),
+                queued_bytes: u64_of(row.try_get(2)?),
+                deepest_queue: u64_of(row.try_get(3)?),
+                one_time_prekeys: u64_of(row.try_get(4)?),
+                devices_low_on_prekeys: u64_of(row.try_get(5)?),
+            })
         }
         Op::Sweep(now) => {
             let removed = remove(tx, Removal::Expired(*now)).await?;
