@@ -124,18 +124,16 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-/// The QUIC and TLS handshake alone (pinned certificate, ALPN): a
-/// connection with no stream open yet.
-pub async fn handshake(
-    addr: SocketAddr,
-    fingerprint: [u8; 32],
-) -> Result<(Endpoint, quinn::Connection), ClientError> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
+/// A client endpoint (one UDP socket) that accepts only the relay
+/// certificate whose SHA-256 is `fingerprint`. Many connections can
+/// share one endpoint.
+pub fn endpoint(fingerprint: [u8; 32], ipv6: bool) -> Result<Endpoint, ClientError> {
+    let bind: SocketAddr = if ipv6 {
         SocketAddr::from(([0u16; 8], 0))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
     };
-    let err = |reason: String| ClientError::Connect { addr, reason };
+    let err = |reason: String| ClientError::Connect { addr: bind, reason };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
         fingerprint,
@@ -158,12 +156,30 @@ pub async fn handshake(
     config.transport_config(Arc::new(transport));
     let mut endpoint = Endpoint::client(bind).map_err(|e| err(e.to_string()))?;
     endpoint.set_default_client_config(config);
-    let connection = endpoint
+    Ok(endpoint)
+}
+
+/// The QUIC and TLS handshake alone (pinned certificate, ALPN): a
+/// connection with no stream open yet, on a new endpoint.
+pub async fn handshake(
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+) -> Result<(Endpoint, quinn::Connection), ClientError> {
+    let endpoint = endpoint(fingerprint, addr.is_ipv6())?;
+    let connection = connect_on(&endpoint, addr).await?;
+    Ok((endpoint, connection))
+}
+
+async fn connect_on(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, ClientError> {
+    let err = |reason: String| ClientError::Connect { addr, reason };
+    endpoint
         .connect(addr, "hush-relay")
         .map_err(|e| err(e.to_string()))?
         .await
-        .map_err(|e| err(e.to_string()))?;
-    Ok((endpoint, connection))
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Parses the fingerprint `hush-relay fingerprint` prints.
@@ -191,6 +207,21 @@ impl RelayClient {
     /// is `fingerprint`.
     pub async fn connect(addr: SocketAddr, fingerprint: [u8; 32]) -> Result<Self, ClientError> {
         let (endpoint, connection) = handshake(addr, fingerprint).await?;
+        Self::start_on(endpoint, connection, addr).await
+    }
+
+    /// Connects over an existing endpoint from [`endpoint`] (so many
+    /// connections share one socket).
+    pub async fn connect_on(endpoint: &Endpoint, addr: SocketAddr) -> Result<Self, ClientError> {
+        let connection = connect_on(endpoint, addr).await?;
+        Self::start_on(endpoint.clone(), connection, addr).await
+    }
+
+    async fn start_on(
+        endpoint: Endpoint,
+        connection: quinn::Connection,
+        addr: SocketAddr,
+    ) -> Result<Self, ClientError> {
         let err = |reason: String| ClientError::Connect { addr, reason };
         let mut exporter = [0u8; 32];
         connection

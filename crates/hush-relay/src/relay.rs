@@ -14,8 +14,8 @@ use hush_proto::wire;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
-    DeviceKey, Enqueued, MessageId, NewEnvelope, PrekeyUpload, QueueLimits, SignedKey, Slot, Store,
-    StoreError, StoredEnvelope,
+    CommitListener, Committed, DeviceKey, Enqueued, MessageId, NewEnvelope, PrekeyUpload,
+    QueueLimits, SignedKey, Slot, Store, StoreError, StoredEnvelope,
 };
 
 /// Domain separation for the device auth signature.
@@ -102,14 +102,20 @@ impl Bucket {
 pub enum Handled {
     /// The answer.
     Done(proto::RelayFrame),
-    /// A validated send to commit with [`Relay::commit`].
-    Commit(PendingSend),
+    /// A validated request to finish with [`Relay::commit`]: it needs the
+    /// store but no more connection state, so it may run concurrently.
+    Commit(Deferred),
 }
 
-/// A validated send, not yet stored.
-pub struct PendingSend {
+/// A validated send or ack, not yet stored.
+pub struct Deferred {
     request_id: u64,
-    envelope: NewEnvelope,
+    work: Work,
+}
+
+enum Work {
+    Send(NewEnvelope),
+    Ack(DeviceKey, Vec<u64>),
 }
 
 /// A push to a connected device: an envelope just committed to its queue.
@@ -135,6 +141,36 @@ struct Online {
     /// Set when a notification could not be buffered: resync from store.
     overflowed: Arc<AtomicBool>,
     takeover: Option<oneshot::Sender<()>>,
+}
+
+/// The devices connected now. Told by the store about every commit, in
+/// commit order, and wakes the recipients' connections.
+#[derive(Default)]
+struct Registry {
+    online: Mutex<HashMap<DeviceKey, Online>>,
+}
+
+impl CommitListener for Registry {
+    fn committed(&self, c: Committed<'_>) {
+        let Ok(online) = self.online.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        for ((device, slot), seq) in c.recipients.iter().zip(c.seqs) {
+            if let Some(o) = online.get(device) {
+                let notification = Notification {
+                    seq: *seq,
+                    body: c.body.clone(),
+                    slot: *slot,
+                    expires_at: c.expires_at,
+                    committed: now,
+                };
+                if o.notify.try_send(notification).is_err() {
+                    o.overflowed.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
 }
 
 /// Counters for metrics.
@@ -164,7 +200,7 @@ pub struct Counters {
 pub struct Relay<S: Store> {
     store: S,
     limits: Limits,
-    online: Mutex<HashMap<DeviceKey, Online>>,
+    registry: Arc<Registry>,
     targets: Mutex<HashMap<DeviceKey, Bucket>>,
     next_connection: AtomicU64,
     /// Counters for metrics.
@@ -321,10 +357,12 @@ fn to_wire(k: &SignedKey) -> SignedPreKey {
 impl<S: Store> Relay<S> {
     /// A relay over `store` with `limits`.
     pub fn new(store: S, limits: Limits) -> Self {
+        let registry = Arc::new(Registry::default());
+        store.set_listener(registry.clone());
         Self {
             store,
             limits,
-            online: Mutex::new(HashMap::new()),
+            registry,
             targets: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(1),
             counters: Counters::default(),
@@ -343,7 +381,7 @@ impl<S: Store> Relay<S> {
 
     /// Devices connected and authenticated now.
     pub fn online_devices(&self) -> usize {
-        self.online.lock().map(|m| m.len()).unwrap_or(0)
+        self.registry.online.lock().map(|m| m.len()).unwrap_or(0)
     }
 
     /// State for a new connection whose TLS exporter output (label
@@ -368,7 +406,7 @@ impl<S: Store> Relay<S> {
     /// Forgets a closed connection.
     pub fn disconnect(&self, connection: &Connection) {
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
-        if let (Some(device), Ok(mut online)) = (connection.device, self.online.lock())
+        if let (Some(device), Ok(mut online)) = (connection.device, self.registry.online.lock())
             && online
                 .get(&device)
                 .is_some_and(|o| o.connection == connection.id)
@@ -425,7 +463,7 @@ impl<S: Store> Relay<S> {
                 Err(frame) => *frame,
             },
             Request::FetchPage(p) => self.fetch_page(conn, id, p).await,
-            Request::Ack(a) => self.ack(conn, id, a).await,
+            Request::Ack(a) => return self.prepare_ack(conn, id, a),
         })
     }
 
@@ -476,7 +514,7 @@ impl<S: Store> Relay<S> {
         };
         let (notify, notifications) = mpsc::channel(NOTIFY_CAPACITY);
         let (takeover_tx, takeover_rx) = oneshot::channel();
-        let previous = match self.online.lock() {
+        let previous = match self.registry.online.lock() {
             Ok(mut online) => online.insert(
                 device,
                 Online {
@@ -648,7 +686,7 @@ impl<S: Store> Relay<S> {
         s: proto::Send,
         now: Instant,
         unix_now: u64,
-    ) -> Result<PendingSend, Box<proto::RelayFrame>> {
+    ) -> Result<Deferred, Box<proto::RelayFrame>> {
         if let Err(wait) = conn
             .sends
             .take(self.limits.send_burst, self.limits.send_refill, now)
@@ -707,29 +745,27 @@ impl<S: Store> Relay<S> {
             recipients.push((device, slot));
         }
         let expires_at = unix_now.saturating_add(self.limits.expiry.as_secs());
-        Ok(PendingSend {
+        Ok(Deferred {
             request_id: id,
-            envelope: NewEnvelope {
+            work: Work::Send(NewEnvelope {
                 message_id,
-                body: s.body,
+                body: Arc::new(s.body),
                 recipients,
                 expires_at,
-            },
+            }),
         })
     }
 
-    /// Commits a validated send and wakes the recipients' connections.
-    /// Answers only after the envelope is durable in every queue.
-    pub async fn commit(&self, send: PendingSend) -> proto::RelayFrame {
-        let PendingSend {
-            request_id: id,
-            envelope,
-        } = send;
+    /// Commits a validated send. Answers only after the envelope is
+    /// durable in every queue; the store has woken the recipients'
+    /// connections by then (store before push, in commit order).
+    pub async fn commit(&self, deferred: Deferred) -> proto::RelayFrame {
+        let id = deferred.request_id;
+        let envelope = match deferred.work {
+            Work::Send(envelope) => envelope,
+            Work::Ack(device, seqs) => return self.commit_ack(id, device, seqs).await,
+        };
         let message_id = envelope.message_id;
-        let expires_at = envelope.expires_at;
-        let notify: Vec<DeviceKey> = envelope.recipients.iter().map(|(d, _)| *d).collect();
-        let body = Arc::new(envelope.body.clone());
-        let slots: Vec<Slot> = envelope.recipients.iter().map(|(_, s)| *s).collect();
         let started = Instant::now();
         let result = self.store.enqueue(envelope, self.limits.queue).await;
         self.counters.commit_latency.observe(started.elapsed());
@@ -738,8 +774,6 @@ impl<S: Store> Relay<S> {
                 self.counters
                     .envelopes_in
                     .fetch_add(seqs.len() as u64, Ordering::Relaxed);
-                // Store before push: the commit is done; now wake devices.
-                self.notify(&notify, &seqs, &slots, &body, expires_at);
                 reply(
                     id,
                     proto::relay_frame::Body::Sent(proto::Sent {
@@ -762,33 +796,6 @@ impl<S: Store> Relay<S> {
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 store_error(id, e)
-            }
-        }
-    }
-
-    fn notify(
-        &self,
-        devices: &[DeviceKey],
-        seqs: &[u64],
-        slots: &[Slot],
-        body: &Arc<Vec<u8>>,
-        expires_at: u64,
-    ) {
-        let Ok(online) = self.online.lock() else {
-            return;
-        };
-        for ((device, seq), slot) in devices.iter().zip(seqs).zip(slots) {
-            if let Some(o) = online.get(device) {
-                let notification = Notification {
-                    seq: *seq,
-                    body: body.clone(),
-                    slot: *slot,
-                    expires_at,
-                    committed: Instant::now(),
-                };
-                if o.notify.try_send(notification).is_err() {
-                    o.overflowed.store(true, Ordering::Release);
-                }
             }
         }
     }
@@ -831,18 +838,25 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    async fn ack(&self, conn: &mut Connection, id: u64, a: proto::Ack) -> proto::RelayFrame {
+    fn prepare_ack(&self, conn: &Connection, id: u64, a: proto::Ack) -> Handled {
         let Some(device) = conn.device else {
-            return unauthenticated(id);
+            return Handled::Done(unauthenticated(id));
         };
         if a.seqs.len() > MAX_ACK {
-            return error(
+            return Handled::Done(error(
                 id,
                 proto::ErrorCode::Malformed,
                 format!("at most {MAX_ACK} sequence numbers per ack"),
-            );
+            ));
         }
-        match self.store.ack(device, a.seqs).await {
+        Handled::Commit(Deferred {
+            request_id: id,
+            work: Work::Ack(device, a.seqs),
+        })
+    }
+
+    async fn commit_ack(&self, id: u64, device: DeviceKey, seqs: Vec<u64>) -> proto::RelayFrame {
+        match self.store.ack(device, seqs).await {
             Ok(deleted) => {
                 self.counters
                     .acks

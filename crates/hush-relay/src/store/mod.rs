@@ -8,6 +8,7 @@
 pub mod sqlite;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -65,7 +66,7 @@ pub struct NewEnvelope {
     /// Idempotency key.
     pub message_id: MessageId,
     /// The sealed body, stored once.
-    pub body: Vec<u8>,
+    pub body: Arc<Vec<u8>>,
     /// Recipient queues with their slots; no device twice.
     pub recipients: Vec<(DeviceKey, Slot)>,
     /// Unix seconds after which the envelope is swept.
@@ -129,6 +130,26 @@ pub struct Stats {
     pub devices_low_on_prekeys: u64,
 }
 
+/// What one commit stored: announced to the [`CommitListener`] right
+/// after the commit, before the sender is answered, in commit order. For
+/// any one queue, announcements come in increasing sequence order.
+pub struct Committed<'a> {
+    /// Recipient queues and their slots.
+    pub recipients: &'a [(DeviceKey, Slot)],
+    /// Each recipient's sequence number, in the same order.
+    pub seqs: &'a [u64],
+    /// The body.
+    pub body: &'a Arc<Vec<u8>>,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Told about every commit (store before push: it runs after the commit).
+pub trait CommitListener: Send + Sync + 'static {
+    /// Called once per stored envelope, in commit order; must not block.
+    fn committed(&self, committed: Committed<'_>);
+}
+
 /// Storage failures.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
@@ -155,6 +176,9 @@ impl From<sqlx::Error> for StoreError {
 /// The relay's storage. Implemented for SQLite (the embedded default);
 /// a PostgreSQL implementation is planned (`spec/relay.md`).
 pub trait Store: Send + Sync + 'static {
+    /// Sets who is told about commits (replacing any earlier listener).
+    fn set_listener(&self, listener: Arc<dyn CommitListener>);
+
     /// Creates or replaces a device's prekeys. Returns the one-time stock.
     fn register(
         &self,

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
@@ -17,8 +18,8 @@ use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BundleParts, DeviceKey, Enqueued, NewEnvelope, PAGE_MAX_BYTES, Page, PrekeyUpload, QueueLimits,
-    SignedKey, Stats, Store, StoreError, StoredEnvelope,
+    BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, PAGE_MAX_BYTES, Page,
+    PrekeyUpload, QueueLimits, SignedKey, Stats, Store, StoreError, StoredEnvelope,
 };
 
 /// Jobs taken into one transaction at most.
@@ -87,7 +88,10 @@ struct Job {
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    listener: Listener,
 }
+
+type Listener = Arc<RwLock<Option<Arc<dyn CommitListener>>>>;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path`.
@@ -103,8 +107,9 @@ impl SqliteStore {
             sqlx::query(*statement).execute(&mut conn).await?;
         }
         let (jobs, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(conn, rx));
-        Ok(Self { jobs })
+        let listener: Listener = Arc::new(RwLock::new(None));
+        tokio::spawn(writer(conn, rx, listener.clone()));
+        Ok(Self { jobs, listener })
     }
 
     async fn call(&self, op: Op) -> Result<Answer, StoreError> {
@@ -122,6 +127,12 @@ fn unexpected() -> StoreError {
 }
 
 impl Store for SqliteStore {
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        if let Ok(mut slot) = self.listener.write() {
+            *slot = Some(listener);
+        }
+    }
+
     async fn register(&self, device: DeviceKey, upload: PrekeyUpload) -> Result<u32, StoreError> {
         match self.call(Op::Register(device, upload)).await? {
             Answer::Count(n) => Ok(n),
@@ -197,7 +208,24 @@ impl Store for SqliteStore {
     }
 }
 
-async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+/// Announces a committed enqueue, then answers its caller.
+fn answer(listener: &Listener, job: Job, answer: Answer) {
+    if let (Op::Enqueue(envelope, _), Answer::Enqueued(Ok(Enqueued::Stored(seqs)))) =
+        (&job.op, &answer)
+        && let Ok(slot) = listener.read()
+        && let Some(listener) = slot.as_ref()
+    {
+        listener.committed(Committed {
+            recipients: &envelope.recipients,
+            seqs,
+            body: &envelope.body,
+            expires_at: envelope.expires_at,
+        });
+    }
+    let _ = job.reply.send(Ok(answer));
+}
+
+async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>, listener: Listener) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -208,8 +236,8 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
         }
         match run(&mut conn, &batch).await {
             Ok(answers) => {
-                for (job, answer) in batch.into_iter().zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
+                for (job, a) in batch.into_iter().zip(answers) {
+                    answer(&listener, job, a);
                 }
             }
             // Retry one by one: a failing job must not fail the others.
@@ -218,11 +246,15 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                     let result = run(&mut conn, std::slice::from_ref(&job))
                         .await
                         .map(|mut answers| answers.pop());
-                    let _ = job.reply.send(match result {
-                        Ok(Some(answer)) => Ok(answer),
-                        Ok(None) => Err(unexpected()),
-                        Err(e) => Err(e),
-                    });
+                    match result {
+                        Ok(Some(a)) => answer(&listener, job, a),
+                        Ok(None) => {
+                            let _ = job.reply.send(Err(unexpected()));
+                        }
+                        Err(e) => {
+                            let _ = job.reply.send(Err(e));
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -278,12 +310,8 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
         }
         Op::Read(device, after, max) => Answer::Page(read(tx, device, *after, *max).await?),
         Op::Ack(device, seqs) => {
-            let mut deleted = 0u32;
-            for seq in seqs {
-                deleted +=
-                    u32::try_from(remove(tx, Removal::One(device, *seq)).await?).unwrap_or(0);
-            }
-            Answer::Count(deleted)
+            let deleted = remove(tx, Removal::Listed(device, seqs)).await?;
+            Answer::Count(u32::try_from(deleted).unwrap_or(u32::MAX))
         }
         Op::QueueLen(device) => {
             let row = sqlx::query("SELECT queued_count FROM devices WHERE device_key = ?")
@@ -560,18 +588,53 @@ async fn read(
 /// Which queue rows to delete.
 enum Removal<'a> {
     UpTo(&'a DeviceKey, u64),
-    One(&'a DeviceKey, u64),
+    Listed(&'a DeviceKey, &'a [u64]),
     Expired(u64),
+}
+
+/// The second bound parameter of a removal filter.
+enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// Binds a removal filter's two parameters (`?1`, `?2`) to a query.
+macro_rules! bind_filter {
+    ($query:expr, $device:expr, $arg:expr) => {
+        match $arg {
+            Arg::Int(n) => $query.bind($device.clone()).bind(*n),
+            Arg::Text(t) => $query.bind($device.clone()).bind(t.clone()),
+        }
+    };
 }
 
 /// Deletes queue rows, keeping device counters and body reference
 /// counts right, and deletes bodies nothing refers to any more.
 /// Returns the number of rows deleted.
 async fn remove(tx: &mut Tx<'_>, which: Removal<'_>) -> Result<u64, StoreError> {
-    let (filter, device, a): (&str, Option<&DeviceKey>, u64) = match which {
-        Removal::UpTo(d, seq) => ("device_key = ?1 AND seq <= ?2", Some(d), seq),
-        Removal::One(d, seq) => ("device_key = ?1 AND seq = ?2", Some(d), seq),
-        Removal::Expired(now) => ("?1 IS NULL AND expires_at <= ?2", None, now),
+    let (filter, device, arg): (&str, Option<&DeviceKey>, Arg) = match which {
+        Removal::UpTo(d, seq) => (
+            "device_key = ?1 AND seq <= ?2",
+            Some(d),
+            Arg::Int(i64_of(seq)),
+        ),
+        // The list travels as one JSON array: one pass for a whole ack.
+        Removal::Listed(d, seqs) => (
+            "device_key = ?1 AND seq IN (SELECT value FROM json_each(?2))",
+            Some(d),
+            Arg::Text(format!(
+                "[{}]",
+                seqs.iter()
+                    .map(|s| i64_of(*s).to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        ),
+        Removal::Expired(now) => (
+            "?1 IS NULL AND expires_at <= ?2",
+            None,
+            Arg::Int(i64_of(now)),
+        ),
     };
     let device_bind: Option<Vec<u8>> = device.map(|d| d.to_vec());
     let statements = [
@@ -588,20 +651,17 @@ async fn remove(tx: &mut Tx<'_>, which: Removal<'_>) -> Result<u64, StoreError> 
         ),
     ];
     for sql in statements {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(device_bind.clone())
-            .bind(i64_of(a))
+        bind_filter!(sqlx::query(sqlx::AssertSqlSafe(sql)), device_bind, &arg)
             .execute(&mut **tx)
             .await?;
     }
-    let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let delete = sqlx::query(sqlx::AssertSqlSafe(format!(
         "DELETE FROM queue WHERE {filter}"
-    )))
-    .bind(device_bind)
-    .bind(i64_of(a))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    )));
+    let deleted = bind_filter!(delete, device_bind, &arg)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
     if deleted > 0 {
         sqlx::query("DELETE FROM bodies WHERE refs <= 0")
             .execute(&mut **tx)
@@ -653,7 +713,7 @@ pub(crate) mod tests {
     fn envelope(id: u8, body: &[u8], to: &[DeviceKey]) -> NewEnvelope {
         NewEnvelope {
             message_id: [id; 16],
-            body: body.to_vec(),
+            body: Arc::new(body.to_vec()),
             recipients: to.iter().map(|d| (*d, [d[0]; 48])).collect(),
             expires_at: 1_000,
         }

@@ -1,0 +1,461 @@
+//! Relay benchmarks against the real `hush-relay` binary (release build)
+//! on loopback QUIC with durable SQLite (WAL, synchronous=FULL):
+//!
+//! 1. sustained end-to-end envelopes/s: send, commit, push, ack, delete;
+//! 2. p50/p99 send-to-ack and send-to-delivery latency at 5,000/s;
+//! 3. backlog drain rate for one device with 100,000 queued;
+//! 4. relay resident memory with 1,000 and 10,000 idle devices.
+//!
+//! `cargo bench -p hush-relay --bench relay [-- throughput|latency|drain|memory]`
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hush_crypto::{IdentityKeyPair, SignedPreKeyPair};
+use hush_proto::relay as proto;
+use hush_proto::wire;
+use hush_relay::client::{RelayClient, endpoint, parse_fingerprint};
+use proto::client_frame::Request;
+use proto::relay_frame::Body;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    fingerprint: [u8; 32],
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_relay(name: &str) -> Relay {
+    let bin = env!("CARGO_BIN_EXE_hush-relay");
+    let data = std::env::temp_dir().join(format!("hush-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).unwrap();
+    let out = Command::new(bin)
+        .args(["--data", data.to_str().unwrap(), "fingerprint"])
+        .output()
+        .unwrap();
+    let fingerprint = parse_fingerprint(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = data.join("relay.toml");
+    // Generous limits: the benchmark measures the relay, not its rate limiter.
+    std::fs::write(&config, "send_burst = 1000000\nsend_refill_micros = 1\n").unwrap();
+    let log = std::fs::File::create(data.join("relay.log")).unwrap();
+    let child = Command::new(bin)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Relay {
+        child,
+        addr,
+        fingerprint,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
+    let p = k.public();
+    wire::SignedPreKey {
+        id: p.id,
+        public_key: p.public.to_vec(),
+        signature: p.signature.to_vec(),
+    }
+}
+
+async fn device(client: &RelayClient, rng: &mut ChaCha20Rng) -> IdentityKeyPair {
+    let identity = IdentityKeyPair::generate(rng);
+    client.authenticate(&identity).await.unwrap();
+    let body = client
+        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
+            signed_prekey: Some(signed(&SignedPreKeyPair::generate(rng, &identity, 1))),
+            last_resort_prekey: Some(signed(&SignedPreKeyPair::generate_last_resort(
+                rng, &identity, 2,
+            ))),
+            one_time_prekeys: vec![],
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(body, Body::Registered(_)));
+    identity
+}
+
+async fn go_live(client: &RelayClient) {
+    let body = client
+        .request(Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 0,
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(
+        body,
+        Body::Page(proto::Page {
+            queue_empty: true,
+            ..
+        })
+    ));
+}
+
+fn send(id: u64, body: Vec<u8>, to: &IdentityKeyPair) -> Request {
+    let mut message_id = [0u8; 16];
+    message_id[..8].copy_from_slice(&id.to_be_bytes());
+    Request::Send(proto::Send {
+        message_id: message_id.to_vec(),
+        body,
+        recipients: vec![proto::Recipient {
+            device_key: to.public().as_bytes().to_vec(),
+            slot: vec![1; 48],
+        }],
+    })
+}
+
+/// A 256-byte body (the smallest padding bucket) that carries its send time.
+fn body(sent_nanos: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 256];
+    b[..8].copy_from_slice(&sent_nanos.to_be_bytes());
+    b
+}
+
+type Latencies = Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// Receives pushes and acks them in batches; counts and timestamps.
+fn spawn_receiver(
+    mut client: RelayClient,
+    start: Instant,
+    delivered: Arc<AtomicU64>,
+    latencies: Option<Latencies>,
+) {
+    tokio::spawn(async move {
+        let mut pending = Vec::new();
+        loop {
+            let push = if pending.is_empty() {
+                client.next_push().await
+            } else {
+                match tokio::time::timeout(Duration::from_millis(1), client.next_push()).await {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let seqs = std::mem::take(&mut pending);
+                        let n = seqs.len() as u64;
+                        let _ = client.start(Request::Ack(proto::Ack { seqs })).await;
+                        delivered.fetch_add(n, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            };
+            let Some(envelope) = push else { return };
+            if let Some(l) = &latencies {
+                let sent = u64::from_be_bytes(envelope.body[..8].try_into().unwrap());
+                let now = start.elapsed().as_nanos() as u64;
+                l.lock().unwrap().push(now.saturating_sub(sent));
+            }
+            pending.push(envelope.seq);
+            if pending.len() >= 256 {
+                let seqs = std::mem::take(&mut pending);
+                let n = seqs.len() as u64;
+                let _ = client.start(Request::Ack(proto::Ack { seqs })).await;
+                delivered.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+async fn throughput() {
+    let relay = start_relay("throughput");
+    let mut rng = ChaCha20Rng::from_seed([1; 32]);
+    let start = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut receivers = Vec::new();
+    for _ in 0..4 {
+        let client = RelayClient::connect(relay.addr, relay.fingerprint)
+            .await
+            .unwrap();
+        let id = device(&client, &mut rng).await;
+        go_live(&client).await;
+        spawn_receiver(client, start, delivered.clone(), None);
+        receivers.push(id);
+    }
+    let receivers = Arc::new(receivers);
+    let duration = Duration::from_secs(8);
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for s in 0..2u64 {
+        let client = Arc::new(
+            RelayClient::connect(relay.addr, relay.fingerprint)
+                .await
+                .unwrap(),
+        );
+        let receivers = receivers.clone();
+        let acked = acked.clone();
+        senders.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut window = std::collections::VecDeque::new();
+            while start.elapsed() < duration {
+                let to = &receivers[(n % receivers.len() as u64) as usize];
+                window.push_back(
+                    client
+                        .start(send((s << 40) | n, body(0), to))
+                        .await
+                        .unwrap(),
+                );
+                n += 1;
+                if window.len() >= 2048
+                    && let Some(a) = window.pop_front()
+                    && matches!(client.finish(a).await, Ok(Body::Sent(_)))
+                {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            for a in window {
+                if matches!(client.finish(a).await, Ok(Body::Sent(_))) {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    // Measure the steady part: from 2 s to the end of sending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (d0, a0, t0) = (
+        delivered.load(Ordering::Relaxed),
+        acked.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    for s in senders {
+        s.await.unwrap();
+    }
+    let (d1, a1, t1) = (
+        delivered.load(Ordering::Relaxed),
+        acked.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    let secs = (t1 - t0).as_secs_f64();
+    println!(
+        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x 2048 in flight, 4 live receivers, 256-byte bodies)",
+        (d1 - d0) as f64 / secs,
+        (a1 - a0) as f64 / secs,
+    );
+}
+
+async fn latency() {
+    let relay = start_relay("latency");
+    let mut rng = ChaCha20Rng::from_seed([2; 32]);
+    let start = Instant::now();
+    let receiver = RelayClient::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    let bob = device(&receiver, &mut rng).await;
+    go_live(&receiver).await;
+    let delivery: Latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    spawn_receiver(
+        receiver,
+        start,
+        Arc::new(AtomicU64::new(0)),
+        Some(delivery.clone()),
+    );
+    let sender = Arc::new(
+        RelayClient::connect(relay.addr, relay.fingerprint)
+            .await
+            .unwrap(),
+    );
+    let rate = 5_000u64;
+    let duration = Duration::from_secs(6);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut n = 0u64;
+    let mut waits = Vec::new();
+    let begin = Instant::now();
+    while begin.elapsed() < duration {
+        tick.tick().await;
+        let due = (begin.elapsed().as_secs_f64() * rate as f64) as u64;
+        while n < due {
+            let sent = start.elapsed().as_nanos() as u64;
+            let answer = sender.start(send(n, body(sent), &bob)).await.unwrap();
+            let s = sender.clone();
+            waits.push(tokio::spawn(async move {
+                let ok = matches!(s.finish(answer).await, Ok(Body::Sent(_)));
+                (ok, start.elapsed().as_nanos() as u64 - sent)
+            }));
+            n += 1;
+        }
+    }
+    let mut acks = Vec::new();
+    for w in waits {
+        let (ok, nanos) = w.await.unwrap();
+        if ok {
+            acks.push(nanos);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    acks.sort_unstable();
+    let mut d = delivery.lock().unwrap().clone();
+    d.sort_unstable();
+    println!(
+        "latency at {rate}/s for {:.0} s: send-to-ack p50 {:.2} ms p99 {:.2} ms; send-to-delivery p50 {:.2} ms p99 {:.2} ms ({} sent, {} acked, {} delivered)",
+        duration.as_secs_f64(),
+        percentile(&acks, 0.5),
+        percentile(&acks, 0.99),
+        percentile(&d, 0.5),
+        percentile(&d, 0.99),
+        n,
+        acks.len(),
+        d.len()
+    );
+}
+
+async fn drain() {
+    let relay = start_relay("drain");
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let setup = RelayClient::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    let bob = device(&setup, &mut rng).await;
+    setup.close().await;
+    let sender = RelayClient::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    let total = 100_000u64;
+    let fill = Instant::now();
+    let mut window = std::collections::VecDeque::new();
+    for n in 0..total {
+        window.push_back(sender.start(send(n, body(0), &bob)).await.unwrap());
+        if window.len() >= 4096 {
+            let a = window.pop_front().unwrap();
+            assert!(matches!(sender.finish(a).await, Ok(Body::Sent(_))));
+        }
+    }
+    for a in window {
+        assert!(matches!(sender.finish(a).await, Ok(Body::Sent(_))));
+    }
+    let fill_secs = fill.elapsed().as_secs_f64();
+    let client = RelayClient::connect(relay.addr, relay.fingerprint)
+        .await
+        .unwrap();
+    assert_eq!(client.authenticate(&bob).await.unwrap(), total);
+    let t = Instant::now();
+    let mut after = 0;
+    let mut got = 0u64;
+    loop {
+        let request = Request::FetchPage(proto::FetchPage {
+            after_seq: after,
+            max_envelopes: 0,
+        });
+        let Body::Page(page) = client.request(request).await.unwrap() else {
+            panic!("page")
+        };
+        if page.envelopes.is_empty() {
+            break;
+        }
+        got += page.envelopes.len() as u64;
+        after = page.envelopes.last().unwrap().seq;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, total);
+    println!(
+        "drain: {total} queued envelopes paged and acked in {secs:.2} s = {:.0} envelopes/s (filling the queue ran at {:.0} sends/s)",
+        total as f64 / secs,
+        total as f64 / fill_secs
+    );
+}
+
+async fn memory() {
+    let relay = start_relay("memory");
+    let pid = relay.child.id();
+    let mut rng = ChaCha20Rng::from_seed([4; 32]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(pid);
+    let ep = endpoint(relay.fingerprint, false).unwrap();
+    let mut clients = Vec::new();
+    for target in [1_000usize, 10_000] {
+        while clients.len() < target {
+            let batch: Vec<_> = (0..200.min(target - clients.len()))
+                .map(|_| IdentityKeyPair::generate(&mut rng))
+                .collect();
+            let mut tasks = Vec::new();
+            for identity in batch {
+                let ep = ep.clone();
+                let addr = relay.addr;
+                tasks.push(tokio::spawn(async move {
+                    let c = RelayClient::connect_on(&ep, addr).await.unwrap();
+                    c.authenticate(&identity).await.unwrap();
+                    c
+                }));
+            }
+            for t in tasks {
+                clients.push(t.await.unwrap());
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = rss_kib(pid);
+        println!(
+            "memory: {target} idle authenticated devices: relay RSS {:.1} MiB ({:.1} MiB above the idle relay's {:.1} MiB; {:.1} KiB per connection)",
+            rss as f64 / 1024.0,
+            rss.saturating_sub(base) as f64 / 1024.0,
+            base as f64 / 1024.0,
+            rss.saturating_sub(base) as f64 / target as f64
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let run = |name: &str| filter.is_empty() || filter == name;
+    if run("throughput") {
+        throughput().await;
+    }
+    if run("latency") {
+        latency().await;
+    }
+    if run("drain") {
+        drain().await;
+    }
+    if run("memory") {
+        memory().await;
+    }
+}
