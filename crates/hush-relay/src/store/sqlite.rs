@@ -14,12 +14,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, PAGE_MAX_BYTES, Page,
-    PrekeyUpload, QueueLimits, SignedKey, Stats, Store, StoreError, StoredEnvelope,
+    PrekeyUpload, QueueLimits, SignedKey, Slot, Stats, Store, StoreError, StoredEnvelope,
 };
 
 /// Jobs taken into one transaction at most.
@@ -277,15 +277,28 @@ impl StoreError {
     }
 }
 
-/// Runs jobs in one transaction; answers only if it committed.
+/// Runs jobs in one transaction; answers only if it committed. Every
+/// job but an enqueue runs in order first; then all enqueues run as one
+/// group with multi-row statements. Any serial order is a valid
+/// linearization: no caller is answered before the commit.
 async fn run(conn: &mut SqliteConnection, batch: &[Job]) -> Result<Vec<Answer>, StoreError> {
     let mut tx = conn.begin().await?;
-    let mut answers = Vec::with_capacity(batch.len());
-    for job in batch {
-        answers.push(execute(&mut tx, &job.op).await?);
+    let mut answers: Vec<Option<Answer>> = batch.iter().map(|_| None).collect();
+    let mut enqueues = Vec::new();
+    for (i, job) in batch.iter().enumerate() {
+        match &job.op {
+            Op::Enqueue(envelope, limits) => enqueues.push((i, envelope, *limits)),
+            op => answers[i] = Some(execute(&mut tx, op).await?),
+        }
+    }
+    for (i, result) in enqueue_batch(&mut tx, &enqueues).await? {
+        answers[i] = Some(Answer::Enqueued(result));
     }
     tx.commit().await?;
-    Ok(answers)
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(unexpected))
+        .collect()
 }
 
 type Tx<'c> = Transaction<'c, Sqlite>;
@@ -303,7 +316,13 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
         Op::Register(device, upload) => Answer::Count(register(tx, device, upload).await?),
         Op::TakeBundle(device) => Answer::Bundle(Box::new(take_bundle(tx, device).await?)),
         Op::PrekeyCount(device) => Answer::MaybeCount(prekey_count(tx, device).await?),
-        Op::Enqueue(envelope, limits) => Answer::Enqueued(enqueue(tx, envelope, *limits).await?),
+        Op::Enqueue(envelope, limits) => {
+            let mut results = enqueue_batch(tx, &[(0, envelope, *limits)]).await?;
+            match results.pop() {
+                Some((_, result)) => Answer::Enqueued(result),
+                None => return Err(unexpected()),
+            }
+        }
         Op::Page(device, after, max) => {
             remove(tx, Removal::UpTo(device, *after)).await?;
             Answer::Page(read(tx, device, *after, *max).await?)
@@ -464,85 +483,194 @@ async fn prekey_count(tx: &mut Tx<'_>, device: &DeviceKey) -> Result<Option<u32>
     Ok(Some(u32_of(n)?))
 }
 
-async fn enqueue(
+/// A JSON array of hex strings, for `IN (SELECT unhex(value) FROM json_each(?))`.
+fn hex_list<'a>(items: impl Iterator<Item = &'a [u8]>) -> String {
+    let quoted: Vec<String> = items.map(|b| format!("\"{}\"", hex::encode(b))).collect();
+    format!("[{}]", quoted.join(","))
+}
+
+/// Rows per multi-row insert (SQLite allows 32,766 parameters).
+const ROWS_PER_INSERT: usize = 1_000;
+
+struct QueueRow<'a> {
+    device: &'a DeviceKey,
+    seq: u64,
+    body_id: i64,
+    slot: &'a Slot,
+    size: u64,
+    expires_at: u64,
+}
+
+struct QueueState {
+    next_seq: u64,
+    count: u64,
+    bytes: u64,
+}
+
+/// Stores a group of envelopes with a handful of statements: one dedup
+/// query, one device query, multi-row inserts, one update per device.
+/// Sequence numbers are assigned here, in job order: this task is the
+/// only writer.
+async fn enqueue_batch(
     tx: &mut Tx<'_>,
-    envelope: &NewEnvelope,
-    limits: QueueLimits,
-) -> Result<Result<Enqueued, StoreError>, StoreError> {
-    let seen = sqlx::query("SELECT 1 FROM sent_messages WHERE message_id = ?")
-        .bind(&envelope.message_id[..])
-        .fetch_optional(&mut **tx)
-        .await?
-        .is_some();
-    if seen {
-        return Ok(Ok(Enqueued::Duplicate));
+    jobs: &[(usize, &NewEnvelope, QueueLimits)],
+) -> Result<Vec<(usize, Result<Enqueued, StoreError>)>, StoreError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
     }
-    let size = envelope.body.len() as u64 + 48;
-    let mut unknown = Vec::new();
-    let mut full = Vec::new();
-    let mut next = Vec::with_capacity(envelope.recipients.len());
-    for (device, _) in &envelope.recipients {
-        let row = sqlx::query(
-            "SELECT next_seq, queued_count, queued_bytes FROM devices WHERE device_key = ?",
-        )
-        .bind(&device[..])
-        .fetch_optional(&mut **tx)
-        .await?;
-        match row {
-            None => unknown.push(*device),
-            Some(r) => {
-                let (seq, count, bytes) = (
-                    u64_of(r.try_get(0)?),
-                    u64_of(r.try_get(1)?),
-                    u64_of(r.try_get(2)?),
-                );
-                if count + 1 > limits.max_envelopes || bytes + size > limits.max_bytes {
-                    full.push(*device);
-                }
-                next.push(seq + 1);
-            }
-        }
+    let ids = hex_list(jobs.iter().map(|(_, e, _)| &e.message_id[..]));
+    let mut seen: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    for row in sqlx::query(
+        "SELECT message_id FROM sent_messages WHERE message_id IN (SELECT unhex(value) FROM json_each(?))",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        seen.insert(row.try_get(0)?);
     }
-    if !unknown.is_empty() {
-        return Ok(Err(StoreError::UnknownDevices(unknown)));
+    let mut devices: std::collections::HashMap<DeviceKey, QueueState> =
+        std::collections::HashMap::new();
+    let keys = {
+        let mut keys: Vec<&DeviceKey> = jobs
+            .iter()
+            .flat_map(|(_, e, _)| e.recipients.iter().map(|(d, _)| d))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        hex_list(keys.into_iter().map(|k| &k[..]))
+    };
+    for row in sqlx::query(
+        "SELECT device_key, next_seq, queued_count, queued_bytes FROM devices
+         WHERE device_key IN (SELECT unhex(value) FROM json_each(?))",
+    )
+    .bind(keys)
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        devices.insert(
+            fixed(row.try_get::<&[u8], _>(0)?)?,
+            QueueState {
+                next_seq: u64_of(row.try_get(1)?),
+                count: u64_of(row.try_get(2)?),
+                bytes: u64_of(row.try_get(3)?),
+            },
+        );
     }
-    if !full.is_empty() {
-        return Ok(Err(StoreError::Quota(full)));
-    }
-    let body_id: i64 = sqlx::query("INSERT INTO bodies (data, refs) VALUES (?, ?) RETURNING id")
-        .bind(&envelope.body[..])
-        .bind(envelope.recipients.len() as i64)
+    let mut next_body: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM bodies")
         .fetch_one(&mut **tx)
         .await?
-        .try_get(0)?;
-    for ((device, slot), seq) in envelope.recipients.iter().zip(&next) {
-        sqlx::query(
-            "INSERT INTO queue (device_key, seq, body_id, slot, size, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&device[..])
-        .bind(i64_of(*seq))
-        .bind(body_id)
-        .bind(&slot[..])
-        .bind(i64_of(size))
-        .bind(i64_of(envelope.expires_at))
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE devices SET next_seq = ?, queued_count = queued_count + 1, queued_bytes = queued_bytes + ?
-             WHERE device_key = ?",
-        )
-        .bind(i64_of(*seq))
-        .bind(i64_of(size))
-        .bind(&device[..])
-        .execute(&mut **tx)
-        .await?;
+        .try_get::<i64, _>(0)?
+        + 1;
+
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut bodies: Vec<(i64, &[u8], i64)> = Vec::new();
+    let mut rows: Vec<QueueRow<'_>> = Vec::new();
+    let mut sent: Vec<(&[u8], u64)> = Vec::new();
+    let mut touched: Vec<DeviceKey> = Vec::new();
+    for (i, envelope, limits) in jobs {
+        let id = &envelope.message_id[..];
+        if seen.contains(id) {
+            results.push((*i, Ok(Enqueued::Duplicate)));
+            continue;
+        }
+        let size = envelope.body.len() as u64 + 48;
+        let unknown: Vec<DeviceKey> = envelope
+            .recipients
+            .iter()
+            .filter(|(d, _)| !devices.contains_key(d))
+            .map(|(d, _)| *d)
+            .collect();
+        if !unknown.is_empty() {
+            results.push((*i, Err(StoreError::UnknownDevices(unknown))));
+            continue;
+        }
+        let full: Vec<DeviceKey> = envelope
+            .recipients
+            .iter()
+            .filter(|(d, _)| {
+                devices.get(d).is_some_and(|q| {
+                    q.count + 1 > limits.max_envelopes || q.bytes + size > limits.max_bytes
+                })
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        if !full.is_empty() {
+            results.push((*i, Err(StoreError::Quota(full))));
+            continue;
+        }
+        let body_id = next_body;
+        next_body += 1;
+        bodies.push((
+            body_id,
+            &envelope.body[..],
+            envelope.recipients.len() as i64,
+        ));
+        let mut seqs = Vec::with_capacity(envelope.recipients.len());
+        for (device, slot) in &envelope.recipients {
+            if let Some(q) = devices.get_mut(device) {
+                q.next_seq += 1;
+                q.count += 1;
+                q.bytes += size;
+                seqs.push(q.next_seq);
+                rows.push(QueueRow {
+                    device,
+                    seq: q.next_seq,
+                    body_id,
+                    slot,
+                    size,
+                    expires_at: envelope.expires_at,
+                });
+                touched.push(*device);
+            }
+        }
+        sent.push((id, envelope.expires_at));
+        seen.insert(id.to_vec());
+        results.push((*i, Ok(Enqueued::Stored(seqs))));
     }
-    sqlx::query("INSERT INTO sent_messages (message_id, expires_at) VALUES (?, ?)")
-        .bind(&envelope.message_id[..])
-        .bind(i64_of(envelope.expires_at))
-        .execute(&mut **tx)
-        .await?;
-    Ok(Ok(Enqueued::Stored(next)))
+    for chunk in bodies.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO bodies (id, data, refs) ");
+        q.push_values(chunk, |mut b, (id, data, refs)| {
+            b.push_bind(*id).push_bind(data.to_vec()).push_bind(*refs);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO queue (device_key, seq, body_id, slot, size, expires_at) ",
+        );
+        q.push_values(chunk, |mut b, row| {
+            b.push_bind(row.device.to_vec())
+                .push_bind(i64_of(row.seq))
+                .push_bind(row.body_id)
+                .push_bind(row.slot.to_vec())
+                .push_bind(i64_of(row.size))
+                .push_bind(i64_of(row.expires_at));
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in sent.chunks(ROWS_PER_INSERT) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO sent_messages (message_id, expires_at) ");
+        q.push_values(chunk, |mut b, (id, expires)| {
+            b.push_bind(id.to_vec()).push_bind(i64_of(*expires));
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for device in touched {
+        if let Some(q) = devices.get(&device) {
+            sqlx::query("UPDATE devices SET next_seq = ?, queued_count = ?, queued_bytes = ? WHERE device_key = ?")
+                .bind(i64_of(q.next_seq))
+                .bind(i64_of(q.count))
+                .bind(i64_of(q.bytes))
+                .bind(&device[..])
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(results)
 }
 
 async fn read(
@@ -897,6 +1025,77 @@ pub(crate) mod tests {
         }
         assert_eq!(seen, (0..25).collect::<Vec<u8>>());
         assert_eq!(store.queue_len(a).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn concurrent_enqueues_batch_correctly() {
+        let store = SqliteStore::open(&temp_db("batching"))
+            .await
+            .expect("opens");
+        let (a, b, stranger) = ([1; 32], [2; 32], [9; 32]);
+        for d in [a, b] {
+            store.register(d, upload(0)).await.expect("registers");
+        }
+        let limits = QueueLimits {
+            max_envelopes: 200,
+            max_bytes: 1 << 30,
+        };
+        let mut tasks = Vec::new();
+        for i in 0..300u32 {
+            let store = store.clone();
+            // ids repeat every 250: the last 50 are resends of the first 50.
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&(i % 250).to_be_bytes());
+            let to: Vec<DeviceKey> = if i % 97 == 5 {
+                vec![a, stranger]
+            } else {
+                vec![a, b]
+            };
+            let envelope = NewEnvelope {
+                message_id: id,
+                body: Arc::new(i.to_be_bytes().to_vec()),
+                recipients: to.iter().map(|d| (*d, [0; 48])).collect(),
+                expires_at: 1_000,
+            };
+            tasks.push(tokio::spawn(async move {
+                store.enqueue(envelope, limits).await
+            }));
+        }
+        let (mut stored, mut duplicate, mut unknown, mut quota) = (0, 0, 0, 0);
+        for t in tasks {
+            match t.await.expect("joins") {
+                Ok(Enqueued::Stored(seqs)) => {
+                    assert_eq!(seqs.len(), 2);
+                    stored += 1;
+                }
+                Ok(Enqueued::Duplicate) => duplicate += 1,
+                Err(StoreError::UnknownDevices(d)) => {
+                    assert_eq!(d, vec![stranger]);
+                    unknown += 1;
+                }
+                Err(StoreError::Quota(_)) => quota += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(stored, 200, "the quota stops at 200");
+        assert_eq!(stored + duplicate + unknown + quota, 300);
+        assert!(unknown >= 2);
+        // Sequence numbers are contiguous and bodies match in both queues.
+        for d in [a, b] {
+            let page = store.read(d, 0, 1_000).await.expect("reads");
+            let seqs: Vec<u64> = page.envelopes.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+        }
+        let (pa, pb) = (
+            store.read(a, 0, 1_000).await.expect("reads"),
+            store.read(b, 0, 1_000).await.expect("reads"),
+        );
+        for (x, y) in pa.envelopes.iter().zip(&pb.envelopes) {
+            assert_eq!(
+                x.body, y.body,
+                "one body shared by both queues, in the same order"
+            );
+        }
     }
 
     #[tokio::test]
