@@ -73,6 +73,9 @@ pub struct Config {
     pub queue_max_bytes: u64,
     /// Days an envelope waits before it is swept.
     pub expiry_days: u64,
+    /// Seconds an envelope waits before it is swept; when set, overrides
+    /// `expiry_days` (for short-lived relays and tests).
+    pub expiry_secs: Option<u64>,
     /// Most envelopes per page.
     pub page_size: u32,
     /// Bundle fetches: burst per connection and per target device.
@@ -105,6 +108,7 @@ impl Default for Config {
             queue_max_envelopes: limits.queue.max_envelopes,
             queue_max_bytes: limits.queue.max_bytes,
             expiry_days: limits.expiry.as_secs() / 86_400,
+            expiry_secs: None,
             page_size: limits.page_size,
             bundle_burst: limits.bundle_burst,
             bundle_refill_secs: limits.bundle_refill.as_secs(),
@@ -156,6 +160,9 @@ impl Config {
         if self.max_recipients == 0 || self.page_size == 0 || self.expiry_days == 0 {
             return bad("max_recipients, page_size and expiry_days must be at least 1");
         }
+        if self.expiry_secs == Some(0) {
+            return bad("expiry_secs must be at least 1");
+        }
         if self.bundle_burst == 0 || self.send_burst == 0 {
             return bad("bundle_burst and send_burst must be at least 1");
         }
@@ -174,7 +181,10 @@ impl Config {
                 max_envelopes: self.queue_max_envelopes,
                 max_bytes: self.queue_max_bytes,
             },
-            expiry: Duration::from_secs(self.expiry_days.saturating_mul(86_400)),
+            expiry: Duration::from_secs(
+                self.expiry_secs
+                    .unwrap_or_else(|| self.expiry_days.saturating_mul(86_400)),
+            ),
             page_size: self.page_size,
             max_one_time_prekeys: 100,
             bundle_burst: self.bundle_burst,

@@ -229,3 +229,49 @@ async fn concurrent_bundle_fetches_never_share_a_one_time_prekey() {
     assert_eq!(unique.len(), 60, "none twice");
     assert_eq!(last_resort, 20, "then the last-resort key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_envelopes_are_swept_and_counted() {
+    let data = config("expiry_secs = 1\nsweep_interval_secs = 1\n");
+    let config_path = data.join("relay.toml");
+    let relay = RelayProcess::start_in(data, &["--config", config_path.to_str().expect("utf-8")]);
+    let mut rng = ChaCha20Rng::from_seed([4; 32]);
+    let client = relay.client().await;
+    let bob = register(&client, &mut rng, 0).await;
+    for i in 0..3 {
+        assert!(matches!(
+            client.request(send(i, &bob)).await,
+            Ok(Body::Sent(_))
+        ));
+    }
+    assert_eq!(client.authenticate(&bob).await.expect("auth"), 3);
+    // Expiry is in whole seconds: wait past it and at least one sweep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let left = client.authenticate(&bob).await.expect("auth");
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} envelopes still queued"
+        );
+    }
+    assert!(
+        relay.log().contains("swept expired envelopes"),
+        "{}",
+        relay.log()
+    );
+    let Body::Page(page) = client
+        .request(Request::FetchPage(proto::FetchPage {
+            after_seq: 0,
+            max_envelopes: 0,
+        }))
+        .await
+        .expect("pages")
+    else {
+        panic!("page expected")
+    };
+    assert!(page.envelopes.is_empty() && page.queue_empty);
+}

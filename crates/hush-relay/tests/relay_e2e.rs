@@ -397,3 +397,30 @@ async fn metrics_count_what_happens_and_name_no_one() {
     assert!(metric(&text, "hush_relay_connections") >= 1);
     assert!(!text.contains(&hex::encode(bob.identity.public().as_bytes())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_changes_network_keeps_its_connection() {
+    let relay = RelayProcess::start("migration");
+    let mut rng = ChaCha20Rng::from_seed([5; 32]);
+    let bob = device(&mut rng);
+    let client = relay.client().await;
+    register(&client, &bob).await;
+    let before = client.local_addr().expect("local addr");
+    // A phone moving from Wi-Fi to mobile data: a new local socket.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("new socket");
+    client.rebind(socket).expect("rebinds");
+    let after = client.local_addr().expect("local addr");
+    assert_ne!(before.port(), after.port());
+    // The same connection (same authentication) keeps working.
+    let body = client
+        .request(Request::PrekeyCount(proto::PrekeyCount {}))
+        .await
+        .expect("still connected after migration");
+    assert!(matches!(
+        body,
+        Body::PrekeyStock(proto::PrekeyStock {
+            one_time_prekeys: 10
+        })
+    ));
+    assert!(client.close_reason().is_none());
+}
