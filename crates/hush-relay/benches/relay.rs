@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use hush_crypto::{IdentityKeyPair, SignedPreKeyPair};
 use hush_proto::relay as proto;
-use hush_proto::wire;
 use hush_relay::client::{RelayClient, endpoint, parse_fingerprint};
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
@@ -90,29 +89,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
-    let p = k.public();
-    wire::SignedPreKey {
-        id: p.id,
-        public_key: p.public.to_vec(),
-        signature: p.signature.to_vec(),
-    }
-}
-
 async fn device(client: &RelayClient, rng: &mut ChaCha20Rng) -> IdentityKeyPair {
     let identity = IdentityKeyPair::generate(rng);
     client.authenticate(&identity).await.unwrap();
-    let body = client
-        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
-            signed_prekey: Some(signed(&SignedPreKeyPair::generate(rng, &identity, 1))),
-            last_resort_prekey: Some(signed(&SignedPreKeyPair::generate_last_resort(
-                rng, &identity, 2,
-            ))),
-            one_time_prekeys: vec![],
-        }))
+    let signed = SignedPreKeyPair::generate(rng, &identity, 1);
+    let last_resort = SignedPreKeyPair::generate_last_resort(rng, &identity, 2);
+    client
+        .register_prekeys(&signed, &last_resort, &[])
         .await
         .unwrap();
-    assert!(matches!(body, Body::Registered(_)));
     identity
 }
 

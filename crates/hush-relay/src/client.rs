@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hush_crypto::IdentityKeyPair;
+use hush_crypto::{IdentityKeyPair, OneTimePreKeyPair, SignedPreKeyPair};
 use hush_proto::relay as proto;
+use hush_proto::wire;
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -231,24 +232,9 @@ impl RelayClient {
 
         let (out, mut outgoing) = mpsc::channel::<proto::ClientFrame>(4096);
         tokio::spawn(async move {
-            let mut buf = Vec::new();
-            while let Some(first) = outgoing.recv().await {
-                buf.clear();
-                frame::encode(&first, &mut buf);
-                while buf.len() < 1 << 20 {
-                    match outgoing.try_recv() {
-                        Ok(next) => frame::encode(&next, &mut buf),
-                        Err(_) => break,
-                    }
-                }
-                if tokio::io::AsyncWriteExt::write_all(&mut send, &buf)
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            if frame::pump(&mut outgoing, &mut send).await.is_ok() {
+                let _ = send.finish();
             }
-            let _ = send.finish();
         });
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (push_tx, pushes) = mpsc::channel(65_536);
@@ -351,6 +337,104 @@ impl RelayClient {
             .await?
         {
             Body::Authenticated(a) => Ok(a.queued),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Uploads this device's prekeys (after [`Self::authenticate`]).
+    /// Returns the one-time prekey stock the relay now holds.
+    pub async fn register_prekeys(
+        &self,
+        signed: &SignedPreKeyPair,
+        last_resort: &SignedPreKeyPair,
+        one_time: &[OneTimePreKeyPair],
+    ) -> Result<u32, ClientError> {
+        let to_wire = |k: &SignedPreKeyPair| {
+            let p = k.public();
+            wire::SignedPreKey {
+                id: p.id,
+                public_key: p.public.to_vec(),
+                signature: p.signature.to_vec(),
+            }
+        };
+        let request = Request::RegisterPrekeys(proto::RegisterPrekeys {
+            signed_prekey: Some(to_wire(signed)),
+            last_resort_prekey: Some(to_wire(last_resort)),
+            one_time_prekeys: one_time
+                .iter()
+                .map(|k| wire::OneTimePreKey {
+                    id: k.id(),
+                    public_key: k.public().public.to_vec(),
+                })
+                .collect(),
+        });
+        match self.request(request).await? {
+            Body::Registered(r) => Ok(r.one_time_prekeys),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Sends a sealed body to recipient devices with their slots. Returns
+    /// whether the relay had already stored this message id (a resend).
+    pub async fn send(
+        &self,
+        message_id: [u8; 16],
+        body: Vec<u8>,
+        recipients: &[([u8; 32], [u8; 48])],
+    ) -> Result<bool, ClientError> {
+        let request = Request::Send(proto::Send {
+            message_id: message_id.to_vec(),
+            body,
+            recipients: recipients
+                .iter()
+                .map(|(device, slot)| proto::Recipient {
+                    device_key: device.to_vec(),
+                    slot: slot.to_vec(),
+                })
+                .collect(),
+        });
+        match self.request(request).await? {
+            Body::Sent(s) => Ok(s.duplicate),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Fetches the page after `after_seq`, acknowledging everything up to it.
+    pub async fn fetch_page(&self, after_seq: u64) -> Result<proto::Page, ClientError> {
+        match self
+            .request(Request::FetchPage(proto::FetchPage {
+                after_seq,
+                max_envelopes: 0,
+            }))
+            .await?
+        {
+            Body::Page(page) => Ok(page),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Pages through the whole queue, acknowledging as it goes, and
+    /// returns every envelope in sequence order.
+    pub async fn drain(&self) -> Result<Vec<proto::Envelope>, ClientError> {
+        let mut after = 0;
+        let mut all = Vec::new();
+        loop {
+            let page = self.fetch_page(after).await?;
+            if let Some(last) = page.envelopes.last() {
+                after = last.seq;
+            }
+            let done = page.envelopes.is_empty();
+            all.extend(page.envelopes);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Acknowledges (deletes) pushed envelopes; returns how many existed.
+    pub async fn ack(&self, seqs: Vec<u64>) -> Result<u32, ClientError> {
+        match self.request(Request::Ack(proto::Ack { seqs })).await? {
+            Body::Acked(a) => Ok(a.deleted),
             _ => Err(ClientError::Unexpected),
         }
     }

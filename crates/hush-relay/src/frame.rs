@@ -78,6 +78,29 @@ pub async fn write<W: AsyncWrite + Unpin>(
     writer.write_all(&out).await
 }
 
+/// Writes every frame from `frames` until the channel closes, putting
+/// all frames already waiting into one write (up to about 1 MiB) so a
+/// busy stream costs one write per batch, not per frame. Returns when
+/// the channel is closed and everything is written, or on a write error.
+pub async fn pump<M: Message, W: AsyncWrite + Unpin>(
+    frames: &mut tokio::sync::mpsc::Receiver<M>,
+    writer: &mut W,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(first) = frames.recv().await {
+        buf.clear();
+        encode(&first, &mut buf);
+        while buf.len() < 1 << 20 {
+            match frames.try_recv() {
+                Ok(next) => encode(&next, &mut buf),
+                Err(_) => break,
+            }
+        }
+        writer.write_all(&buf).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

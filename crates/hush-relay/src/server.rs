@@ -237,19 +237,8 @@ async fn connection<S: Store>(
     // Writer: drains every frame waiting into one write.
     let (out, mut outgoing) = mpsc::channel::<proto::RelayFrame>(4096);
     let writer = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        while let Some(first) = outgoing.recv().await {
-            buf.clear();
-            frame::encode(&first, &mut buf);
-            while buf.len() < 1 << 20 {
-                match outgoing.try_recv() {
-                    Ok(next) => frame::encode(&next, &mut buf),
-                    Err(_) => break,
-                }
-            }
-            if send.write_all(&buf).await.is_err() {
-                return;
-            }
+        if frame::pump(&mut outgoing, &mut send).await.is_err() {
+            return;
         }
         let _ = send.finish();
         let _ = send.stopped().await;

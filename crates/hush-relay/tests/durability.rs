@@ -12,61 +12,20 @@ use std::time::Duration;
 use common::RelayProcess;
 use hush_crypto::{ContentType, IdentityKeyPair, SignedPreKeyPair, envelope};
 use hush_proto::relay as proto;
-use hush_proto::wire;
 use hush_relay::client::RelayClient;
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-fn signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
-    let p = k.public();
-    wire::SignedPreKey {
-        id: p.id,
-        public_key: p.public.to_vec(),
-        signature: p.signature.to_vec(),
-    }
-}
-
 async fn register(client: &RelayClient, identity: &IdentityKeyPair, rng: &mut ChaCha20Rng) {
     client.authenticate(identity).await.expect("auth");
-    let body = client
-        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
-            signed_prekey: Some(signed(&SignedPreKeyPair::generate(rng, identity, 1))),
-            last_resort_prekey: Some(signed(&SignedPreKeyPair::generate_last_resort(
-                rng, identity, 2,
-            ))),
-            one_time_prekeys: vec![],
-        }))
+    let signed = SignedPreKeyPair::generate(rng, identity, 1);
+    let last_resort = SignedPreKeyPair::generate_last_resort(rng, identity, 2);
+    client
+        .register_prekeys(&signed, &last_resort, &[])
         .await
         .expect("registers");
-    assert!(matches!(body, Body::Registered(_)));
-}
-
-/// Drains a queue by paging, acknowledging as it goes.
-async fn drain(client: &RelayClient) -> Vec<proto::Envelope> {
-    let mut after = 0;
-    let mut all = Vec::new();
-    loop {
-        let Body::Page(page) = client
-            .request(Request::FetchPage(proto::FetchPage {
-                after_seq: after,
-                max_envelopes: 0,
-            }))
-            .await
-            .expect("pages")
-        else {
-            panic!("page expected")
-        };
-        if let Some(last) = page.envelopes.last() {
-            after = last.seq;
-        }
-        let done = page.envelopes.is_empty();
-        all.extend(page.envelopes);
-        if done {
-            return all;
-        }
-    }
 }
 
 fn send_request(i: u32, to: &IdentityKeyPair) -> Request {
@@ -152,7 +111,7 @@ async fn kill_9_during_10000_sends_loses_no_acked_envelope() {
 
     let bob_client = relay.client().await;
     bob_client.authenticate(&bob).await.expect("auth");
-    let delivered = drain(&bob_client).await;
+    let delivered = bob_client.drain().await.expect("drains");
     let mut seen = BTreeSet::new();
     let mut last_seq = 0;
     for e in &delivered {
@@ -174,7 +133,7 @@ async fn kill_9_during_10000_sends_loses_no_acked_envelope() {
         "every message delivered exactly once after resends"
     );
     // Nothing is delivered again after it was acked by paging past it.
-    assert!(drain(&bob_client).await.is_empty());
+    assert!(bob_client.drain().await.expect("drains").is_empty());
     let mut relay = relay;
     assert!(relay.stop().success());
 }
@@ -327,5 +286,5 @@ async fn malformed_frames_close_the_connection_and_lose_nothing() {
     // The relay still serves, and nothing stored was lost.
     let bob_client = relay.client().await;
     assert_eq!(bob_client.authenticate(&bob).await.expect("auth"), 1);
-    assert_eq!(drain(&bob_client).await.len(), 1);
+    assert_eq!(bob_client.drain().await.expect("drains").len(), 1);
 }

@@ -8,47 +8,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{RelayProcess, temp_dir};
-use hush_crypto::{IdentityKeyPair, OneTimePreKeyPair, PreKeyBundle, SignedPreKeyPair};
+use hush_crypto::{IdentityKeyPair, PreKeyBundle};
 use hush_proto::relay as proto;
-use hush_proto::wire;
 use hush_relay::client::{ClientError, RelayClient};
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-fn signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
-    let p = k.public();
-    wire::SignedPreKey {
-        id: p.id,
-        public_key: p.public.to_vec(),
-        signature: p.signature.to_vec(),
-    }
-}
-
 async fn register(client: &RelayClient, rng: &mut ChaCha20Rng, one_time: u32) -> IdentityKeyPair {
-    let identity = IdentityKeyPair::generate(rng);
-    client.authenticate(&identity).await.expect("auth");
-    let body = client
-        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
-            signed_prekey: Some(signed(&SignedPreKeyPair::generate(rng, &identity, 1))),
-            last_resort_prekey: Some(signed(&SignedPreKeyPair::generate_last_resort(
-                rng, &identity, 2,
-            ))),
-            one_time_prekeys: (0..one_time)
-                .map(|i| {
-                    let k = OneTimePreKeyPair::generate(rng, 1000 + i);
-                    wire::OneTimePreKey {
-                        id: k.id(),
-                        public_key: k.public().public.to_vec(),
-                    }
-                })
-                .collect(),
-        }))
-        .await
-        .expect("registers");
-    assert!(matches!(body, Body::Registered(_)));
-    identity
+    let device = common::Device::new(rng, one_time);
+    device.register(client).await;
+    device.identity
 }
 
 fn send(i: u32, to: &IdentityKeyPair) -> Request {

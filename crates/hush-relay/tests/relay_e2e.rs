@@ -7,88 +7,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::RelayProcess;
+use common::{Device, RelayProcess};
 use hush_crypto::prekey::ExtraPreKey;
 use hush_crypto::{
-    ContentType, IdentityKeyPair, OneTimePreKeyPair, PreKeyBundle, PreKeyMessage, PreKeySecrets,
-    SealedEnvelope, Session, SessionMessage, SignedPreKeyPair, envelope,
+    ContentType, PreKeyBundle, PreKeyMessage, SealedEnvelope, Session, SessionMessage, envelope,
 };
 use hush_proto::relay as proto;
-use hush_proto::wire;
 use hush_relay::client::{ClientError, RelayClient};
 use hush_relay::server::close;
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-
-struct Device {
-    identity: IdentityKeyPair,
-    signed: SignedPreKeyPair,
-    last_resort: SignedPreKeyPair,
-    one_time: Vec<OneTimePreKeyPair>,
-}
-
-impl PreKeySecrets for Device {
-    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
-        (self.signed.id() == id).then_some(&self.signed)
-    }
-    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
-        (self.last_resort.id() == id).then_some(&self.last_resort)
-    }
-    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
-        self.one_time.iter().find(|k| k.id() == id)
-    }
-}
-
-fn device(rng: &mut ChaCha20Rng) -> Device {
-    let identity = IdentityKeyPair::generate(rng);
-    Device {
-        signed: SignedPreKeyPair::generate(rng, &identity, 1),
-        last_resort: SignedPreKeyPair::generate_last_resort(rng, &identity, 2),
-        one_time: (100..110)
-            .map(|i| OneTimePreKeyPair::generate(rng, i))
-            .collect(),
-        identity,
-    }
-}
-
-fn signed(k: &SignedPreKeyPair) -> wire::SignedPreKey {
-    let p = k.public();
-    wire::SignedPreKey {
-        id: p.id,
-        public_key: p.public.to_vec(),
-        signature: p.signature.to_vec(),
-    }
-}
-
-async fn register(client: &RelayClient, d: &Device) {
-    client
-        .authenticate(&d.identity)
-        .await
-        .expect("authenticates");
-    let body = client
-        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
-            signed_prekey: Some(signed(&d.signed)),
-            last_resort_prekey: Some(signed(&d.last_resort)),
-            one_time_prekeys: d
-                .one_time
-                .iter()
-                .map(|k| wire::OneTimePreKey {
-                    id: k.id(),
-                    public_key: k.public().public.to_vec(),
-                })
-                .collect(),
-        }))
-        .await
-        .expect("registers");
-    assert!(matches!(
-        body,
-        Body::Registered(proto::Registered {
-            one_time_prekeys: 10
-        })
-    ));
-}
 
 async fn send_sealed(client: &RelayClient, id: u8, env: &SealedEnvelope, to: &Device) -> Body {
     client
@@ -116,11 +46,11 @@ fn open(to: &Device, e: &proto::Envelope) -> hush_crypto::Opened {
 async fn offline_message_is_delivered_acked_and_gone() {
     let relay = RelayProcess::start("offline");
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
-    let (alice, bob) = (device(&mut rng), device(&mut rng));
+    let (alice, bob) = (Device::new(&mut rng, 10), Device::new(&mut rng, 10));
 
     // Bob registers and goes away.
     let bob_client = relay.client().await;
-    register(&bob_client, &bob).await;
+    bob.register(&bob_client).await;
     bob_client.close().await;
 
     // Alice, unauthenticated, fetches Bob's bundle and sends a sealed
@@ -211,29 +141,10 @@ async fn offline_message_is_delivered_acked_and_gone() {
     assert!(next.envelopes.is_empty() && next.queue_empty);
 
     // Live: Bob replies; Alice is pushed the reply while connected.
-    alice_client
-        .authenticate(&alice.identity)
-        .await
-        .expect("auth");
-    let _ = alice_client
-        .request(Request::FetchPage(proto::FetchPage {
-            after_seq: 0,
-            max_envelopes: 0,
-        }))
-        .await
-        .expect("alice drains her (empty) queue");
-    // Alice needs a queue: register her too.
-    let Body::Registered(_) = alice_client
-        .request(Request::RegisterPrekeys(proto::RegisterPrekeys {
-            signed_prekey: Some(signed(&alice.signed)),
-            last_resort_prekey: Some(signed(&alice.last_resort)),
-            one_time_prekeys: vec![],
-        }))
-        .await
-        .expect("registers")
-    else {
-        panic!("registered expected")
-    };
+    // Alice registers (she needs a queue) and pages to the end: live.
+    alice.register(&alice_client).await;
+    let page = alice_client.fetch_page(0).await.expect("pages");
+    assert!(page.envelopes.is_empty() && page.queue_empty);
     let reply = bob_session
         .encrypt(&mut rng, b"hi alice")
         .expect("encrypts");
@@ -281,9 +192,9 @@ async fn offline_message_is_delivered_acked_and_gone() {
 async fn second_connection_takes_over_and_the_first_is_told_why() {
     let relay = RelayProcess::start("takeover");
     let mut rng = ChaCha20Rng::from_seed([2; 32]);
-    let bob = device(&mut rng);
+    let bob = Device::new(&mut rng, 10);
     let first = relay.client().await;
-    register(&first, &bob).await;
+    bob.register(&first).await;
     let second = relay.client().await;
     second.authenticate(&bob.identity).await.expect("auth");
     let reason = tokio::time::timeout(Duration::from_secs(10), first.closed_reason())
@@ -321,7 +232,7 @@ async fn graceful_shutdown_answers_then_closes_with_a_reason() {
     let mut relay = RelayProcess::start("shutdown");
     let client = relay.client().await;
     let mut rng = ChaCha20Rng::from_seed([3; 32]);
-    register(&client, &device(&mut rng)).await;
+    Device::new(&mut rng, 10).register(&client).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = relay.stop();
         (status, relay)
@@ -370,9 +281,9 @@ async fn metrics_count_what_happens_and_name_no_one() {
         &["--metrics", &metrics.to_string()],
     );
     let mut rng = ChaCha20Rng::from_seed([4; 32]);
-    let bob = device(&mut rng);
+    let bob = Device::new(&mut rng, 10);
     let client = relay.client().await;
-    register(&client, &bob).await;
+    bob.register(&client).await;
     let env = envelope::seal(
         &mut rng,
         &bob.identity,
@@ -402,9 +313,9 @@ async fn metrics_count_what_happens_and_name_no_one() {
 async fn a_client_that_changes_network_keeps_its_connection() {
     let relay = RelayProcess::start("migration");
     let mut rng = ChaCha20Rng::from_seed([5; 32]);
-    let bob = device(&mut rng);
+    let bob = Device::new(&mut rng, 10);
     let client = relay.client().await;
-    register(&client, &bob).await;
+    bob.register(&client).await;
     let before = client.local_addr().expect("local addr");
     // A phone moving from Wi-Fi to mobile data: a new local socket.
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("new socket");

@@ -122,6 +122,30 @@ async fn online(relay: &Relay<SqliteStore>, d: &Device, exporter: u8) -> Connect
     conn
 }
 
+/// A registered device, online and paged to the end (live), and then
+/// `sends` envelopes sent to it by another connection.
+async fn live_with_sends(relay: &Relay<SqliteStore>, seed: u8, sends: u8) -> (Device, Connection) {
+    let bob = device(seed);
+    let mut conn = online(relay, &bob, 1).await;
+    call(relay, &mut conn, 2, register(&bob)).await;
+    let page = Request::FetchPage(proto::FetchPage {
+        after_seq: 0,
+        max_envelopes: 0,
+    });
+    assert!(matches!(
+        call(relay, &mut conn, 3, page).await,
+        Body::Page(proto::Page {
+            queue_empty: true,
+            ..
+        })
+    ));
+    let mut sender = relay.connect([3; 32], Instant::now());
+    for i in 1..=sends {
+        call(relay, &mut sender, u64::from(i), send(i, &[i], &[&bob])).await;
+    }
+    (bob, conn)
+}
+
 #[tokio::test]
 async fn auth_is_bound_to_the_connection() {
     let relay = relay("auth", Limits::default()).await;
@@ -368,31 +392,7 @@ async fn offline_send_then_page_then_live_push_in_order() {
 #[tokio::test]
 async fn a_gap_is_filled_from_the_store() {
     let relay = relay("gap", Limits::default()).await;
-    let (alice, bob) = (device(6), device(7));
-    let mut bob_conn = online(&relay, &bob, 1).await;
-    call(&relay, &mut bob_conn, 2, register(&bob)).await;
-    let _ = alice;
-    let page = call(
-        &relay,
-        &mut bob_conn,
-        3,
-        Request::FetchPage(proto::FetchPage {
-            after_seq: 0,
-            max_envelopes: 0,
-        }),
-    )
-    .await;
-    assert!(matches!(
-        page,
-        Body::Page(proto::Page {
-            queue_empty: true,
-            ..
-        })
-    ));
-    let mut sender = relay.connect([3; 32], Instant::now());
-    for i in 1..=3u8 {
-        call(&relay, &mut sender, u64::from(i), send(i, &[i], &[&bob])).await;
-    }
+    let (bob, mut bob_conn) = live_with_sends(&relay, 7, 3).await;
     // Drop the first two notifications: the third arrives with a gap.
     for _ in 0..2 {
         let _ = bob_conn.next_event().await;
@@ -514,30 +514,7 @@ async fn a_far_behind_live_connection_is_caught_up_page_by_page() {
         ..Limits::default()
     };
     let relay = relay("resync", limits).await;
-    let bob = device(11);
-    let mut bob_conn = online(&relay, &bob, 1).await;
-    call(&relay, &mut bob_conn, 2, register(&bob)).await;
-    let page = call(
-        &relay,
-        &mut bob_conn,
-        3,
-        Request::FetchPage(proto::FetchPage {
-            after_seq: 0,
-            max_envelopes: 0,
-        }),
-    )
-    .await;
-    assert!(matches!(
-        page,
-        Body::Page(proto::Page {
-            queue_empty: true,
-            ..
-        })
-    ));
-    let mut sender = relay.connect([3; 32], Instant::now());
-    for i in 1..=7u8 {
-        call(&relay, &mut sender, u64::from(i), send(i, &[i], &[&bob])).await;
-    }
+    let (_bob, mut bob_conn) = live_with_sends(&relay, 11, 7).await;
     // Lose the first six notifications: the seventh finds a gap of six,
     // more than a page.
     for _ in 0..6 {

@@ -124,3 +124,57 @@ impl Drop for RelayProcess {
         let _ = self.child.wait();
     }
 }
+
+use hush_crypto::{IdentityKeyPair, OneTimePreKeyPair, PreKeySecrets, SignedPreKeyPair};
+use rand_chacha::ChaCha20Rng;
+
+/// A device with its prekey secrets (it can answer X3DH).
+pub struct Device {
+    pub identity: IdentityKeyPair,
+    pub signed: SignedPreKeyPair,
+    pub last_resort: SignedPreKeyPair,
+    pub one_time: Vec<OneTimePreKeyPair>,
+}
+
+impl Device {
+    pub fn new(rng: &mut ChaCha20Rng, one_time: u32) -> Self {
+        let identity = IdentityKeyPair::generate(rng);
+        Self {
+            signed: SignedPreKeyPair::generate(rng, &identity, 1),
+            last_resort: SignedPreKeyPair::generate_last_resort(rng, &identity, 2),
+            one_time: (0..one_time)
+                .map(|i| OneTimePreKeyPair::generate(rng, 100 + i))
+                .collect(),
+            identity,
+        }
+    }
+
+    pub fn key(&self) -> [u8; 32] {
+        *self.identity.public().as_bytes()
+    }
+
+    /// Authenticates `client` as this device and uploads its prekeys.
+    pub async fn register(&self, client: &RelayClient) {
+        client
+            .authenticate(&self.identity)
+            .await
+            .expect("authenticates");
+        let stock = client
+            .register_prekeys(&self.signed, &self.last_resort, &self.one_time)
+            .await
+            .expect("registers");
+        assert_eq!(stock as usize, self.one_time.len());
+    }
+}
+
+impl PreKeySecrets for Device {
+    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.signed.id() == id).then_some(&self.signed)
+    }
+    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.last_resort.id() == id).then_some(&self.last_resort)
+    }
+    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
+        self.one_time.iter().find(|k| k.id() == id)
+    }
+}
