@@ -166,6 +166,13 @@ impl Config {
         if self.bundle_burst == 0 || self.send_burst == 0 {
             return bad("bundle_burst and send_burst must be at least 1");
         }
+        if let Some(url) = &self.database
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad(
+                "database must be a postgres:// or postgresql:// URL (omit it for the embedded SQLite store)",
+            );
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key go together");
         }

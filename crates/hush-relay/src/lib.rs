@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod store;
+pub mod testing;
 pub mod tls;

@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 use hush_relay::config::Config;
 use hush_relay::relay::Relay;
 use hush_relay::server::{self, TransportOptions};
+use hush_relay::store::Store;
+use hush_relay::store::postgres::PgStore;
 use hush_relay::store::sqlite::SqliteStore;
 use hush_relay::tls;
 
@@ -104,11 +106,6 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let (config, command) = parse(std::env::args().skip(1))?;
-    if let (Some(url), Command::Serve) = (&config.database, &command) {
-        bail!(
-            "--database {url}: PostgreSQL support is not built yet; run without --database to use the embedded SQLite store"
-        );
-    }
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating data directory {}", config.data.display()))?;
     let identity = identity(&config)?;
@@ -132,11 +129,44 @@ fn run() -> Result<()> {
 }
 
 async fn serve(config: Config, identity: tls::Identity) -> Result<()> {
+    match config.database.clone() {
+        Some(url) => {
+            let store = PgStore::open(&url)
+                .await
+                .with_context(|| format!("connecting to PostgreSQL at {}", redact(&url)))?;
+            serve_with(store, redact(&url), config, identity).await
+        }
+        None => {
+            let db = config.data.join("relay.sqlite");
+            let store = SqliteStore::open(&db)
+                .await
+                .with_context(|| format!("opening {}", db.display()))?;
+            serve_with(store, db.display().to_string(), config, identity).await
+        }
+    }
+}
+
+/// A database URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn serve_with<S: Store>(
+    store: S,
+    database: String,
+    config: Config,
+    identity: tls::Identity,
+) -> Result<()> {
     let fingerprint = identity.fingerprint();
-    let db = config.data.join("relay.sqlite");
-    let store = SqliteStore::open(&db)
-        .await
-        .with_context(|| format!("opening {}", db.display()))?;
     let relay = Arc::new(Relay::new(store, config.limits()));
     let transport = TransportOptions {
         listen: config.listen,
@@ -147,7 +177,7 @@ async fn serve(config: Config, identity: tls::Identity) -> Result<()> {
     };
     let (endpoint, (rcvbuf, sndbuf)) = server::bind(&transport, identity)?;
     let listen = endpoint.local_addr().context("reading the bound address")?;
-    tracing::info!(%listen, %fingerprint, database = %db.display(), rcvbuf, sndbuf, "hush-relay serving");
+    tracing::info!(%listen, %fingerprint, %database, rcvbuf, sndbuf, "hush-relay serving");
 
     if let Some(addr) = config.metrics {
         let relay = relay.clone();

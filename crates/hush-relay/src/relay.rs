@@ -127,6 +127,8 @@ pub struct Notification {
     slot: Slot,
     expires_at: u64,
     committed: Instant,
+    /// No envelope: another relay committed to this queue; read the store.
+    wake: bool,
 }
 
 /// The most sequence numbers one `Ack` may list.
@@ -150,6 +152,22 @@ struct Registry {
     online: Mutex<HashMap<DeviceKey, Online>>,
 }
 
+impl Registry {
+    fn wake_one(o: &Online) {
+        let wake = Notification {
+            seq: 0,
+            body: Arc::new(Vec::new()),
+            slot: [0; 48],
+            expires_at: 0,
+            committed: Instant::now(),
+            wake: true,
+        };
+        if o.notify.try_send(wake).is_err() {
+            o.overflowed.store(true, Ordering::Release);
+        }
+    }
+}
+
 impl CommitListener for Registry {
     fn committed(&self, c: Committed<'_>) {
         let Ok(online) = self.online.lock() else {
@@ -164,10 +182,27 @@ impl CommitListener for Registry {
                     slot: *slot,
                     expires_at: c.expires_at,
                     committed: now,
+                    wake: false,
                 };
                 if o.notify.try_send(notification).is_err() {
                     o.overflowed.store(true, Ordering::Release);
                 }
+            }
+        }
+    }
+
+    fn wake(&self, device: &DeviceKey) {
+        if let Ok(online) = self.online.lock()
+            && let Some(o) = online.get(device)
+        {
+            Registry::wake_one(o);
+        }
+    }
+
+    fn wake_all(&self) {
+        if let Ok(online) = self.online.lock() {
+            for o in online.values() {
+                Registry::wake_one(o);
             }
         }
     }
@@ -877,6 +912,9 @@ impl<S: Store> Relay<S> {
     pub async fn deliver(&self, conn: &mut Connection, n: Notification) -> Vec<proto::RelayFrame> {
         if !conn.live || conn.device.is_none() {
             return Vec::new();
+        }
+        if n.wake {
+            return self.resync(conn).await;
         }
         let overflowed = conn.overflowed.swap(false, Ordering::AcqRel);
         if n.seq == conn.delivered + 1 && !overflowed {

@@ -5,7 +5,10 @@
 //! Every operation that writes is durable when its future resolves:
 //! callers answer the network only after that (persist before ack).
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -118,6 +121,8 @@ pub struct Page {
 pub struct Stats {
     /// Registered devices.
     pub devices: u64,
+    /// Stored bodies (each shared by all its recipients' queues).
+    pub bodies: u64,
     /// Envelopes waiting, all queues.
     pub queued_envelopes: u64,
     /// Bytes waiting, all queues.
@@ -148,6 +153,37 @@ pub struct Committed<'a> {
 pub trait CommitListener: Send + Sync + 'static {
     /// Called once per stored envelope, in commit order; must not block.
     fn committed(&self, committed: Committed<'_>);
+
+    /// Another relay process committed to this device's queue (shared
+    /// PostgreSQL): fetch from the store.
+    fn wake(&self, device: &DeviceKey);
+
+    /// Cross-relay wake-ups may have been missed (the notification
+    /// channel reconnected): fetch from the store for every device.
+    fn wake_all(&self);
+}
+
+/// Cuts rows read in sequence order down to one page: at most `max`
+/// envelopes and [`PAGE_MAX_BYTES`] of bodies, never empty while a row
+/// exists. `rows` may hold one more row than `max`, to tell the end.
+pub(crate) fn bound_page(rows: Vec<StoredEnvelope>, max: u32) -> Page {
+    let mut envelopes = Vec::with_capacity(rows.len().min(max as usize));
+    let mut bytes = 0usize;
+    let mut queue_empty = true;
+    for row in rows {
+        let full = envelopes.len() >= max as usize
+            || (!envelopes.is_empty() && bytes + row.body.len() > PAGE_MAX_BYTES);
+        if full {
+            queue_empty = false;
+            break;
+        }
+        bytes += row.body.len();
+        envelopes.push(row);
+    }
+    Page {
+        envelopes,
+        queue_empty,
+    }
 }
 
 /// Storage failures.

@@ -17,9 +17,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::bound_page;
 use super::{
-    BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, PAGE_MAX_BYTES, Page,
-    PrekeyUpload, QueueLimits, SignedKey, Slot, Stats, Store, StoreError, StoredEnvelope,
+    BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload,
+    QueueLimits, SignedKey, Slot, Stats, Store, StoreError, StoredEnvelope,
 };
 
 /// Jobs taken into one transaction at most.
@@ -344,7 +345,7 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
         }
         Op::Stats => {
             let row = sqlx::query(
-                "SELECT COUNT(*), COALESCE(SUM(queued_count), 0), COALESCE(SUM(queued_bytes), 0),
+                "SELECT COUNT(*), (SELECT COUNT(*) FROM bodies), COALESCE(SUM(queued_count), 0), COALESCE(SUM(queued_bytes), 0),
                         COALESCE(MAX(queued_count), 0),
                         (SELECT COUNT(*) FROM one_time_prekeys),
                         (SELECT COUNT(*) FROM devices d WHERE
@@ -355,11 +356,12 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
             .await?;
             Answer::Stats(Stats {
                 devices: u64_of(row.try_get(0)?),
-                queued_envelopes: u64_of(row.try_get(1)?),
-                queued_bytes: u64_of(row.try_get(2)?),
-                deepest_queue: u64_of(row.try_get(3)?),
-                one_time_prekeys: u64_of(row.try_get(4)?),
-                devices_low_on_prekeys: u64_of(row.try_get(5)?),
+                bodies: u64_of(row.try_get(1)?),
+                queued_envelopes: u64_of(row.try_get(2)?),
+                queued_bytes: u64_of(row.try_get(3)?),
+                deepest_queue: u64_of(row.try_get(4)?),
+                one_time_prekeys: u64_of(row.try_get(5)?),
+                devices_low_on_prekeys: u64_of(row.try_get(6)?),
             })
         }
         Op::Sweep(now) => {
@@ -688,29 +690,16 @@ async fn read(
     .bind(i64::from(max) + 1)
     .fetch_all(&mut **tx)
     .await?;
-    let mut envelopes = Vec::with_capacity(rows.len().min(max as usize));
-    let mut bytes = 0usize;
-    let mut queue_empty = true;
+    let mut envelopes = Vec::with_capacity(rows.len());
     for row in &rows {
-        let body: Vec<u8> = row.try_get(1)?;
-        let full = envelopes.len() >= max as usize
-            || (!envelopes.is_empty() && bytes + body.len() > PAGE_MAX_BYTES);
-        if full {
-            queue_empty = false;
-            break;
-        }
-        bytes += body.len();
         envelopes.push(StoredEnvelope {
             seq: u64_of(row.try_get(0)?),
-            body,
+            body: row.try_get(1)?,
             slot: fixed(row.try_get::<&[u8], _>(2)?)?,
             expires_at: u64_of(row.try_get(3)?),
         });
     }
-    Ok(Page {
-        envelopes,
-        queue_empty,
-    })
+    Ok(bound_page(envelopes, max))
 }
 
 /// Which queue rows to delete.
@@ -801,7 +790,7 @@ async fn remove(tx: &mut Tx<'_>, which: Removal<'_>) -> Result<u64, StoreError> 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::HashSet;
+    use crate::store::suite;
     use std::path::PathBuf;
 
     pub(crate) fn temp_db(name: &str) -> PathBuf {
@@ -817,341 +806,64 @@ pub(crate) mod tests {
         dir.join("relay.sqlite")
     }
 
-    fn key(id: u32, fill: u8) -> SignedKey {
-        SignedKey {
-            id,
-            public: [fill; 32],
-            signature: [fill; 64],
-        }
-    }
-
-    fn upload(opks: u32) -> PrekeyUpload {
-        PrekeyUpload {
-            signed: key(1, 1),
-            last_resort: key(2, 2),
-            one_time: (0..opks).map(|i| (100 + i, [i as u8; 32])).collect(),
-        }
-    }
-
-    const LIMITS: QueueLimits = QueueLimits {
-        max_envelopes: 100,
-        max_bytes: 1 << 20,
-    };
-
-    fn envelope(id: u8, body: &[u8], to: &[DeviceKey]) -> NewEnvelope {
-        NewEnvelope {
-            message_id: [id; 16],
-            body: Arc::new(body.to_vec()),
-            recipients: to.iter().map(|d| (*d, [d[0]; 48])).collect(),
-            expires_at: 1_000,
-        }
+    async fn open(name: &str) -> SqliteStore {
+        SqliteStore::open(&temp_db(name)).await.expect("opens")
     }
 
     #[tokio::test]
     async fn bundles_take_each_one_time_key_once_then_last_resort() {
-        let store = SqliteStore::open(&temp_db("bundles")).await.expect("opens");
-        let device = [7; 32];
-        assert_eq!(store.take_bundle(device).await, Ok(None));
-        assert_eq!(store.prekey_count(device).await, Ok(None));
-        assert_eq!(store.register(device, upload(3)).await, Ok(3));
-        let mut seen = HashSet::new();
-        for _ in 0..3 {
-            let b = store.take_bundle(device).await.expect("ok").expect("known");
-            assert_eq!(b.signed, key(1, 1));
-            assert!(seen.insert(b.one_time.expect("one-time key left").0));
-        }
-        let b = store.take_bundle(device).await.expect("ok").expect("known");
-        assert_eq!(b.one_time, None);
-        assert_eq!(b.last_resort, key(2, 2));
-        assert_eq!(store.prekey_count(device).await, Ok(Some(0)));
-        // A refresh without one-time keys keeps the stock; with, replaces it.
-        assert_eq!(store.register(device, upload(0)).await, Ok(0));
-        assert_eq!(store.register(device, upload(5)).await, Ok(5));
+        suite::bundles_take_each_one_time_key_once_then_last_resort(
+            open("bundles_take_each_one_time_key_once_then_last_resort").await,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn concurrent_takes_never_share_a_key() {
-        let store = SqliteStore::open(&temp_db("concurrent"))
-            .await
-            .expect("opens");
-        let device = [8; 32];
-        store
-            .register(device, upload(100))
-            .await
-            .expect("registers");
-        let mut tasks = Vec::new();
-        for _ in 0..150 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move { store.take_bundle(device).await }));
-        }
-        let mut taken = Vec::new();
-        let mut last_resort = 0;
-        for task in tasks {
-            match task
-                .await
-                .expect("joins")
-                .expect("ok")
-                .expect("known")
-                .one_time
-            {
-                Some((id, _)) => taken.push(id),
-                None => last_resort += 1,
-            }
-        }
-        let unique: HashSet<_> = taken.iter().collect();
-        assert_eq!(taken.len(), 100);
-        assert_eq!(unique.len(), 100);
-        assert_eq!(last_resort, 50);
+        suite::concurrent_takes_never_share_a_key(open("concurrent_takes_never_share_a_key").await)
+            .await;
     }
 
     #[tokio::test]
     async fn multi_recipient_body_is_stored_once_and_freed_by_the_last_ack() {
-        let path = temp_db("fanout");
-        let store = SqliteStore::open(&path).await.expect("opens");
-        let (a, b) = ([1; 32], [2; 32]);
-        for d in [a, b] {
-            store.register(d, upload(0)).await.expect("registers");
-        }
-        assert_eq!(
-            store.enqueue(envelope(1, b"body", &[a, b]), LIMITS).await,
-            Ok(Enqueued::Stored(vec![1, 1]))
-        );
-        assert_eq!(
-            store.enqueue(envelope(2, b"second", &[a]), LIMITS).await,
-            Ok(Enqueued::Stored(vec![2]))
-        );
-        // A resend of the same message id stores nothing.
-        assert_eq!(
-            store.enqueue(envelope(1, b"body", &[a, b]), LIMITS).await,
-            Ok(Enqueued::Duplicate)
-        );
-        assert_eq!(store.queue_len(a).await, Ok(2));
-        let page = store.page(a, 0, 10).await.expect("pages");
-        assert!(page.queue_empty);
-        assert_eq!(page.envelopes.len(), 2);
-        assert_eq!(page.envelopes[0].body, b"body");
-        assert_eq!(page.envelopes[0].slot, [1; 48]);
-        // Reading deletes nothing; paging past deletes, ack deletes.
-        assert_eq!(store.read(a, 0, 10).await.map(|p| p.envelopes.len()), Ok(2));
-        assert_eq!(store.queue_len(a).await, Ok(2));
-        assert_eq!(store.ack(a, vec![1, 99]).await, Ok(1));
-        let bodies = || async {
-            let mut conn = SqliteConnection::connect(&format!("sqlite:{}", path.display()))
-                .await
-                .expect("connects");
-            let n: i64 = sqlx::query("SELECT COUNT(*) FROM bodies")
-                .fetch_one(&mut conn)
-                .await
-                .expect("counts")
-                .get(0);
-            n
-        };
-        // "body" still referenced by b's queue; "second" by a's.
-        assert_eq!(bodies().await, 2);
-        store.page(b, 1, 10).await.expect("acks by paging");
-        assert_eq!(bodies().await, 1);
-        assert_eq!(store.ack(a, vec![2]).await, Ok(1));
-        assert_eq!(bodies().await, 0);
-        assert_eq!(store.queue_len(a).await, Ok(0));
+        suite::multi_recipient_body_is_stored_once_and_freed_by_the_last_ack(
+            open("multi_recipient_body_is_stored_once_and_freed_by_the_last_ack").await,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn unknown_devices_and_quotas_store_nothing() {
-        let store = SqliteStore::open(&temp_db("quota")).await.expect("opens");
-        let (a, b) = ([1; 32], [2; 32]);
-        store.register(a, upload(0)).await.expect("registers");
-        assert_eq!(
-            store.enqueue(envelope(1, b"x", &[a, b]), LIMITS).await,
-            Err(StoreError::UnknownDevices(vec![b]))
-        );
-        let tight = QueueLimits {
-            max_envelopes: 2,
-            max_bytes: 1 << 20,
-        };
-        store
-            .enqueue(envelope(2, b"x", &[a]), tight)
-            .await
-            .expect("fits");
-        store
-            .enqueue(envelope(3, b"x", &[a]), tight)
-            .await
-            .expect("fits");
-        assert_eq!(
-            store.enqueue(envelope(4, b"x", &[a]), tight).await,
-            Err(StoreError::Quota(vec![a]))
-        );
-        let bytes = QueueLimits {
-            max_envelopes: 100,
-            max_bytes: 2 * (49 + 48),
-        };
-        assert_eq!(
-            store.enqueue(envelope(5, &[0; 49], &[a]), bytes).await,
-            Err(StoreError::Quota(vec![a]))
-        );
-        assert_eq!(store.queue_len(a).await, Ok(2));
-        // The rejected ids were not recorded: a retry after room is made works.
-        store.ack(a, vec![1]).await.expect("acks");
-        assert_eq!(
-            store.enqueue(envelope(4, b"x", &[a]), tight).await,
-            Ok(Enqueued::Stored(vec![3]))
-        );
+        suite::unknown_devices_and_quotas_store_nothing(
+            open("unknown_devices_and_quotas_store_nothing").await,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn paging_is_bounded_and_ordered() {
-        let store = SqliteStore::open(&temp_db("paging")).await.expect("opens");
-        let a = [1; 32];
-        store.register(a, upload(0)).await.expect("registers");
-        for i in 0..25u8 {
-            store
-                .enqueue(envelope(i, &[i], &[a]), LIMITS)
-                .await
-                .expect("stores");
-        }
-        let mut after = 0;
-        let mut seen = Vec::new();
-        loop {
-            let page = store.page(a, after, 10).await.expect("pages");
-            if page.envelopes.is_empty() {
-                assert!(page.queue_empty);
-                break;
-            }
-            for e in &page.envelopes {
-                assert!(e.seq > after);
-                after = e.seq;
-                seen.push(e.body[0]);
-            }
-            assert_eq!(page.queue_empty, seen.len() == 25);
-        }
-        assert_eq!(seen, (0..25).collect::<Vec<u8>>());
-        assert_eq!(store.queue_len(a).await, Ok(0));
+        suite::paging_is_bounded_and_ordered(open("paging_is_bounded_and_ordered").await).await;
     }
 
     #[tokio::test]
     async fn concurrent_enqueues_batch_correctly() {
-        let store = SqliteStore::open(&temp_db("batching"))
-            .await
-            .expect("opens");
-        let (a, b, stranger) = ([1; 32], [2; 32], [9; 32]);
-        for d in [a, b] {
-            store.register(d, upload(0)).await.expect("registers");
-        }
-        let limits = QueueLimits {
-            max_envelopes: 200,
-            max_bytes: 1 << 30,
-        };
-        let mut tasks = Vec::new();
-        for i in 0..300u32 {
-            let store = store.clone();
-            // ids repeat every 250: the last 50 are resends of the first 50.
-            let mut id = [0u8; 16];
-            id[..4].copy_from_slice(&(i % 250).to_be_bytes());
-            let to: Vec<DeviceKey> = if i % 97 == 5 {
-                vec![a, stranger]
-            } else {
-                vec![a, b]
-            };
-            let envelope = NewEnvelope {
-                message_id: id,
-                body: Arc::new(i.to_be_bytes().to_vec()),
-                recipients: to.iter().map(|d| (*d, [0; 48])).collect(),
-                expires_at: 1_000,
-            };
-            tasks.push(tokio::spawn(async move {
-                store.enqueue(envelope, limits).await
-            }));
-        }
-        let (mut stored, mut duplicate, mut unknown, mut quota) = (0, 0, 0, 0);
-        for t in tasks {
-            match t.await.expect("joins") {
-                Ok(Enqueued::Stored(seqs)) => {
-                    assert_eq!(seqs.len(), 2);
-                    stored += 1;
-                }
-                Ok(Enqueued::Duplicate) => duplicate += 1,
-                Err(StoreError::UnknownDevices(d)) => {
-                    assert_eq!(d, vec![stranger]);
-                    unknown += 1;
-                }
-                Err(StoreError::Quota(_)) => quota += 1,
-                Err(e) => panic!("unexpected {e}"),
-            }
-        }
-        assert_eq!(stored, 200, "the quota stops at 200");
-        assert_eq!(stored + duplicate + unknown + quota, 300);
-        assert!(unknown >= 2);
-        // Sequence numbers are contiguous and bodies match in both queues.
-        for d in [a, b] {
-            let page = store.read(d, 0, 1_000).await.expect("reads");
-            let seqs: Vec<u64> = page.envelopes.iter().map(|e| e.seq).collect();
-            assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
-        }
-        let (pa, pb) = (
-            store.read(a, 0, 1_000).await.expect("reads"),
-            store.read(b, 0, 1_000).await.expect("reads"),
-        );
-        for (x, y) in pa.envelopes.iter().zip(&pb.envelopes) {
-            assert_eq!(
-                x.body, y.body,
-                "one body shared by both queues, in the same order"
-            );
-        }
+        suite::concurrent_enqueues_batch_correctly(
+            open("concurrent_enqueues_batch_correctly").await,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn pages_are_bounded_by_bytes_but_never_empty() {
-        let store = SqliteStore::open(&temp_db("pagebytes"))
-            .await
-            .expect("opens");
-        let a = [1; 32];
-        store.register(a, upload(0)).await.expect("registers");
-        let big = QueueLimits {
-            max_envelopes: 100,
-            max_bytes: 1 << 30,
-        };
-        for i in 0..3u8 {
-            store
-                .enqueue(envelope(i, &vec![i; 600 * 1024], &[a]), big)
-                .await
-                .expect("stores");
-        }
-        let page = store.page(a, 0, 100).await.expect("pages");
-        assert_eq!(
-            page.envelopes.len(),
-            1,
-            "600 KiB + 600 KiB is over the page budget"
-        );
-        assert!(!page.queue_empty, "a page cut short by size is not the end");
-        let page = store.page(a, 1, 100).await.expect("pages");
-        assert_eq!(page.envelopes.len(), 1);
-        let page = store.page(a, 2, 100).await.expect("pages");
-        assert_eq!((page.envelopes.len(), page.queue_empty), (1, true));
+        suite::pages_are_bounded_by_bytes_but_never_empty(
+            open("pages_are_bounded_by_bytes_but_never_empty").await,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn expiry_sweeps_envelopes_and_ids() {
-        let store = SqliteStore::open(&temp_db("expiry")).await.expect("opens");
-        let (a, b) = ([1; 32], [2; 32]);
-        for d in [a, b] {
-            store.register(d, upload(0)).await.expect("registers");
-        }
-        let mut early = envelope(1, b"early", &[a, b]);
-        early.expires_at = 10;
-        store.enqueue(early.clone(), LIMITS).await.expect("stores");
-        store
-            .enqueue(envelope(2, b"late", &[a]), LIMITS)
-            .await
-            .expect("stores");
-        assert_eq!(store.sweep(9).await, Ok(0));
-        assert_eq!(store.sweep(10).await, Ok(2));
-        assert_eq!(store.queue_len(a).await, Ok(1));
-        assert_eq!(store.queue_len(b).await, Ok(0));
-        // The expired message id is forgotten too; sequence numbers are
-        // never reused.
-        assert_eq!(
-            store.enqueue(early, LIMITS).await,
-            Ok(Enqueued::Stored(vec![3, 2]))
-        );
+        suite::expiry_sweeps_envelopes_and_ids(open("expiry_sweeps_envelopes_and_ids").await).await;
     }
 
     #[tokio::test]
@@ -1160,9 +872,12 @@ pub(crate) mod tests {
         let a = [1; 32];
         {
             let store = SqliteStore::open(&path).await.expect("opens");
-            store.register(a, upload(2)).await.expect("registers");
             store
-                .enqueue(envelope(1, b"kept", &[a]), LIMITS)
+                .register(a, suite::upload(2))
+                .await
+                .expect("registers");
+            store
+                .enqueue(suite::envelope(1, b"kept", &[a]), suite::LIMITS)
                 .await
                 .expect("stores");
         }
@@ -1172,7 +887,9 @@ pub(crate) mod tests {
         assert_eq!(page.envelopes[0].body, b"kept");
         // Sequence numbers continue.
         assert_eq!(
-            store.enqueue(envelope(2, b"next", &[a]), LIMITS).await,
+            store
+                .enqueue(suite::envelope(2, b"next", &[a]), suite::LIMITS)
+                .await,
             Ok(Enqueued::Stored(vec![2]))
         );
     }

@@ -1,0 +1,38 @@
+//! Helpers for hush's own tests (not for applications).
+#![allow(clippy::panic)]
+
+use sqlx::Connection;
+
+/// A fresh, empty database on the test PostgreSQL server, as a URL. The
+/// server is `HUSH_TEST_DATABASE_URL` (an admin URL ending in a database
+/// name), by default the local trust-auth server that `.ci/test` makes
+/// sure is running. Panics with an explanation when none answers: the
+/// PostgreSQL tests are never skipped.
+pub async fn test_database() -> String {
+    let admin = std::env::var("HUSH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string());
+    let name = format!(
+        "hush_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            panic!("PostgreSQL is not reachable at {admin} ({e}); run .ci/test, which starts one")
+        }
+    };
+    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+    {
+        panic!("cannot create a test database on {admin}: {e}");
+    }
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
