@@ -157,6 +157,9 @@ impl Config {
         if self.max_body_bytes == 0 || self.max_body_bytes > 128 * 1024 {
             return bad("max_body_bytes must be 1 to 131072");
         }
+        if self.page_size > 4_096 {
+            return bad("page_size must be 1 to 4096 (a page must fit in one frame)");
+        }
         if self.max_recipients == 0 || self.page_size == 0 || self.expiry_days == 0 {
             return bad("max_recipients, page_size and expiry_days must be at least 1");
         }

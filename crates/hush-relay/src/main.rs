@@ -180,9 +180,12 @@ async fn serve_with<S: Store>(
     tracing::info!(%listen, %fingerprint, %database, rcvbuf, sndbuf, "hush-relay serving");
 
     if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics address {addr}"))?;
         let relay = relay.clone();
         tokio::spawn(async move {
-            if let Err(e) = hush_relay::metrics::serve(addr, relay).await {
+            if let Err(e) = hush_relay::metrics::serve(listener, relay).await {
                 tracing::error!(error = %e, %addr, "metrics server stopped");
             }
         });
@@ -191,7 +194,7 @@ async fn serve_with<S: Store>(
     let sweeper = {
         let relay = relay.clone();
         let mut shutdown = shutdown.clone();
-        let every = Duration::from_secs(config.sweep_interval_secs.max(1));
+        let every = Duration::from_secs(config.sweep_interval_secs);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {

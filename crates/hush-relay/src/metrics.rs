@@ -3,7 +3,6 @@
 //! names a device or carries content.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -183,10 +182,13 @@ pub async fn render<S: Store>(relay: &Relay<S>) -> String {
     out
 }
 
-/// Serves `GET /metrics` (any path) on `addr` until the task is dropped.
-pub async fn serve<S: Store>(addr: SocketAddr, relay: Arc<Relay<S>>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics listening");
+/// Serves `GET /metrics` (any path) on a bound listener until the task is
+/// dropped. Bind first ([`TcpListener::bind`]) so a bad address stops the
+/// relay at start instead of being logged and ignored.
+pub async fn serve<S: Store>(listener: TcpListener, relay: Arc<Relay<S>>) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
     loop {
         let (mut stream, _) = listener.accept().await?;
         let relay = relay.clone();

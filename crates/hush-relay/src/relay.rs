@@ -255,6 +255,8 @@ pub struct Connection {
     overflowed: Arc<AtomicBool>,
     /// More is waiting than the last gap fill read.
     resync: bool,
+    /// A gap fill failed: try again at this time.
+    retry_at: Option<tokio::time::Instant>,
     takeover: Option<oneshot::Receiver<()>>,
     bundles: Bucket,
     sends: Bucket,
@@ -277,12 +279,23 @@ impl Connection {
         else {
             return std::future::pending().await;
         };
+        let retry = self.retry_at;
+        let due = async move {
+            match retry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             n = rx.recv() => match n {
                 Some(n) => Event::Notified(n),
                 None => Event::TakenOver,
             },
             _ = takeover => Event::TakenOver,
+            () = due => {
+                self.retry_at = None;
+                Event::Resync
+            }
         }
     }
 }
@@ -432,6 +445,7 @@ impl<S: Store> Relay<S> {
             notifications: None,
             overflowed: Arc::new(AtomicBool::new(false)),
             resync: false,
+            retry_at: None,
             takeover: None,
             bundles: Bucket::full(self.limits.bundle_burst, now),
             sends: Bucket::full(self.limits.send_burst, now),
@@ -957,8 +971,8 @@ impl<S: Store> Relay<S> {
         {
             Ok(page) => page,
             Err(e) => {
-                tracing::warn!(error = %e, "push gap fill failed; retried on the next push");
-                conn.overflowed.store(true, Ordering::Release);
+                tracing::warn!(error = %e, "push gap fill failed; retrying in 1 s");
+                conn.retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
                 return Vec::new();
             }
         };

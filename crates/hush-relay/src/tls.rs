@@ -111,6 +111,12 @@ pub fn load_or_create(data: &Path) -> Result<Identity, TlsError> {
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     write_file(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
     write_file(&cert, certificate.pem().as_bytes(), 0o644)?;
+    // The new names must survive a crash too: clients may pin this
+    // fingerprint as soon as it is printed.
+    #[cfg(unix)]
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(&dir))?;
     load(&cert, &key)
 }
 
