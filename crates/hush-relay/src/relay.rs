@@ -206,6 +206,15 @@ impl CommitListener for Registry {
             }
         }
     }
+
+    fn taken_over(&self, device: &DeviceKey) {
+        if let Ok(mut online) = self.online.lock()
+            && let Some(mut o) = online.remove(device)
+            && let Some(tx) = o.takeover.take()
+        {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// Counters for metrics.
@@ -580,6 +589,10 @@ impl<S: Store> Relay<S> {
             && let Some(tx) = previous.takeover.take()
         {
             let _ = tx.send(());
+        }
+        // One consumer per queue across relays sharing a database.
+        if let Err(e) = self.store.announce_online(device).await {
+            tracing::warn!(error = %e, "could not announce the device to other relays");
         }
         conn.device = Some(device);
         conn.notifications = Some(notifications);

@@ -122,3 +122,35 @@ async fn one_time_prekeys_are_never_shared_across_relays() {
         "all 40 handed out across the two relays"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_on_another_relay_takes_over() {
+    let (relay_a, relay_b) = two_relays("takeover").await;
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let bob = Device::new(&mut rng, 0);
+    let first = relay_a.client().await;
+    bob.register(&first).await;
+    // Give relay B's listener a moment to subscribe after start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = relay_b.client().await;
+    second
+        .authenticate(&bob.identity)
+        .await
+        .expect("auth on relay B");
+    let reason = tokio::time::timeout(Duration::from_secs(10), first.closed_reason())
+        .await
+        .expect("the connection on relay A is closed");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code,
+                quinn::VarInt::from_u32(hush_relay::server::close::TAKEN_OVER)
+            );
+        }
+        other => panic!("unexpected close: {other:?}"),
+    }
+    assert!(
+        second.fetch_page(0).await.is_ok(),
+        "the new connection works"
+    );
+}

@@ -161,6 +161,10 @@ pub trait CommitListener: Send + Sync + 'static {
     /// Cross-relay wake-ups may have been missed (the notification
     /// channel reconnected): fetch from the store for every device.
     fn wake_all(&self);
+
+    /// The device authenticated on another relay process: close this
+    /// process's connection for it (one consumer per queue).
+    fn taken_over(&self, device: &DeviceKey);
 }
 
 /// Cuts rows read in sequence order down to one page: at most `max`
@@ -214,6 +218,14 @@ impl From<sqlx::Error> for StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Sets who is told about commits (replacing any earlier listener).
     fn set_listener(&self, listener: Arc<dyn CommitListener>);
+
+    /// Tells other relay processes sharing this store that `device` just
+    /// authenticated here, so they close their connections for it. A
+    /// store only one process uses does nothing.
+    fn announce_online(
+        &self,
+        device: DeviceKey,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Creates or replaces a device's prekeys. Returns the one-time stock.
     fn register(

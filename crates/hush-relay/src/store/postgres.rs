@@ -22,8 +22,11 @@ use super::{
     QueueLimits, SignedKey, Stats, Store, StoreError, StoredEnvelope, bound_page,
 };
 
-/// The notification channel between relays.
+/// The notification channel between relays: commits.
 const CHANNEL: &str = "hush_commits";
+
+/// The notification channel between relays: a device authenticated.
+const ONLINE_CHANNEL: &str = "hush_online";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS devices (
@@ -137,7 +140,7 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
                 continue;
             }
         };
-        if let Err(e) = channel.listen(CHANNEL).await {
+        if let Err(e) = channel.listen_all([CHANNEL, ONLINE_CHANNEL]).await {
             tracing::warn!(error = %e, "commit notifications: cannot listen; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -155,11 +158,16 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
                     }
                     let Ok(slot) = listener.read() else { continue };
                     let Some(l) = slot.as_ref() else { continue };
+                    let online = n.channel() == ONLINE_CHANNEL;
                     for device in devices.split(',') {
                         if let Ok(bytes) = hex::decode(device)
                             && let Ok(key) = DeviceKey::try_from(bytes.as_slice())
                         {
-                            l.wake(&key);
+                            if online {
+                                l.taken_over(&key);
+                            } else {
+                                l.wake(&key);
+                            }
                         }
                     }
                 }
@@ -175,6 +183,15 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
 type Tx = Transaction<'static, Postgres>;
 
 impl Store for PgStore {
+    async fn announce_online(&self, device: DeviceKey) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ONLINE_CHANNEL)
+            .bind(format!("{} {}", self.instance, hex::encode(device)))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     fn set_listener(&self, listener: Arc<dyn CommitListener>) {
         if let Ok(mut slot) = self.listener.write() {
             *slot = Some(listener);
@@ -604,6 +621,7 @@ pub(crate) mod tests {
             }
         }
         fn wake_all(&self) {}
+        fn taken_over(&self, _: &DeviceKey) {}
     }
 
     /// Two relay processes on one database: a commit through one wakes

@@ -128,6 +128,11 @@ fn unexpected() -> StoreError {
 }
 
 impl Store for SqliteStore {
+    async fn announce_online(&self, _device: DeviceKey) -> Result<(), StoreError> {
+        // One relay process owns a SQLite file: nobody else to tell.
+        Ok(())
+    }
+
     fn set_listener(&self, listener: Arc<dyn CommitListener>) {
         if let Ok(mut slot) = self.listener.write() {
             *slot = Some(listener);
