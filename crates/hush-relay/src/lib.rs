@@ -1,8 +1,10 @@
 //! The hush relay (`spec/relay.md`): a prekey directory and durable,
 //! opaque per-device queues, served over QUIC.
 //!
-//! The relay logic works on plain types over a [`store::Store`]; the
-//! QUIC shell only moves frames.
+//! The relay logic ([`relay`]) works on plain types over a
+//! [`store::Store`]: embedded SQLite ([`store::sqlite`], the default) or
+//! PostgreSQL ([`store::postgres`], several relays on one database). The
+//! QUIC shell ([`server`]) only moves frames.
 
 #![warn(missing_docs)]
 
