@@ -136,8 +136,10 @@ pub struct Stats {
 }
 
 /// What one commit stored: announced to the [`CommitListener`] right
-/// after the commit, before the sender is answered, in commit order. For
-/// any one queue, announcements come in increasing sequence order.
+/// after the commit, before the sender is answered. With SQLite's single
+/// writer announcements come in commit order, so for any one queue in
+/// increasing sequence order; with PostgreSQL, concurrent commits may be
+/// announced out of order and the relay repairs gaps from the store.
 pub struct Committed<'a> {
     /// Recipient queues and their slots.
     pub recipients: &'a [(DeviceKey, Slot)],
@@ -151,7 +153,7 @@ pub struct Committed<'a> {
 
 /// Told about every commit (store before push: it runs after the commit).
 pub trait CommitListener: Send + Sync + 'static {
-    /// Called once per stored envelope, in commit order; must not block.
+    /// Called once per stored envelope, after its commit; must not block.
     fn committed(&self, committed: Committed<'_>);
 
     /// Another relay process committed to this device's queue (shared
@@ -213,8 +215,8 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// The relay's storage. Implemented for SQLite (the embedded default);
-/// a PostgreSQL implementation is planned (`spec/relay.md`).
+/// The relay's storage: SQLite (the embedded default) and PostgreSQL
+/// (several relay processes on one database).
 pub trait Store: Send + Sync + 'static {
     /// Sets who is told about commits (replacing any earlier listener).
     fn set_listener(&self, listener: Arc<dyn CommitListener>);

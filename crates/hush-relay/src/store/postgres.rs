@@ -97,6 +97,17 @@ impl PgStore {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        // Acked means durable: warn if the server may lose commits.
+        if let Ok(row) = sqlx::query("SHOW synchronous_commit")
+            .fetch_one(&pool)
+            .await
+            && let Ok(setting) = row.try_get::<String, _>(0)
+            && setting == "off"
+        {
+            tracing::warn!(
+                "PostgreSQL synchronous_commit is off: envelopes the relay acked can be lost in a server crash"
+            );
+        }
         let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
         let instance = hex::encode(&Sha256::digest(seed.as_bytes())[..8]);
         let listener: Listener = Arc::new(RwLock::new(None));
@@ -148,8 +159,15 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
         // Anything committed while we were not listening: look.
         wake_all(&listener);
         loop {
-            match channel.recv().await {
-                Ok(n) => {
+            // try_recv, not recv: recv reconnects silently, and anything
+            // notified while disconnected would be missed. Ok(None) says
+            // the connection was lost; the next call reconnects.
+            match channel.try_recv().await {
+                Ok(None) => {
+                    tracing::warn!("commit notifications: connection lost; reconnecting");
+                    wake_all(&listener);
+                }
+                Ok(Some(n)) => {
                     let Some((from, devices)) = n.payload().split_once(' ') else {
                         continue;
                     };
