@@ -364,7 +364,7 @@ fn store_error(request_id: u64, e: StoreError) -> proto::RelayFrame {
                 device_keys: devices.iter().map(|d| d.to_vec()).collect(),
             })),
         },
-        StoreError::Backend(_) | StoreError::Closed => {
+        StoreError::Backend(_) | StoreError::Conflict(_) | StoreError::Closed => {
             tracing::error!(error = %e, "store failure");
             error(
                 request_id,

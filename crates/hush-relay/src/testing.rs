@@ -1,7 +1,37 @@
 //! Helpers for hush's own tests (not for applications).
 #![allow(clippy::panic)]
 
-use sqlx::Connection;
+use sqlx::{Connection, Row};
+
+/// Drops test databases left by runs more than an hour old (their names
+/// carry their creation time), so a developer's server does not fill up.
+async fn drop_stale(conn: &mut sqlx::PgConnection) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let Ok(rows) = sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'hush_test_%'")
+        .fetch_all(&mut *conn)
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let Ok(name) = row.try_get::<String, _>(0) else {
+            continue;
+        };
+        let created = name.rsplit('_').next().and_then(|n| n.parse::<u128>().ok());
+        if created.is_some_and(|c| now.saturating_sub(c) > 3_600_000_000_000)
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut *conn)
+            .await;
+        }
+    }
+}
 
 /// A fresh, empty database on the test PostgreSQL server, as a URL. The
 /// server is `HUSH_TEST_DATABASE_URL` (an admin URL ending in a database
@@ -25,6 +55,7 @@ pub async fn test_database() -> String {
             panic!("PostgreSQL is not reachable at {admin} ({e}); run .ci/test, which starts one")
         }
     };
+    drop_stale(&mut conn).await;
     if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await

@@ -204,6 +204,10 @@ pub enum StoreError {
     /// The database failed; nothing of the operation was stored.
     #[error("storage failure: {0}")]
     Backend(String),
+    /// A transient conflict between concurrent transactions (deadlock,
+    /// serialization failure); nothing was stored and a retry can work.
+    #[error("storage conflict: {0}")]
+    Conflict(String),
     /// The store is shutting down.
     #[error("store closed")]
     Closed,
@@ -211,7 +215,16 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        // PostgreSQL: deadlock_detected, serialization_failure.
+        let transient = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "40P01" || code == "40001");
+        if transient {
+            StoreError::Conflict(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
     }
 }
 

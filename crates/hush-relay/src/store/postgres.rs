@@ -200,23 +200,34 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
 
 type Tx = Transaction<'static, Postgres>;
 
-impl Store for PgStore {
-    async fn announce_online(&self, device: DeviceKey) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(ONLINE_CHANNEL)
-            .bind(format!("{} {}", self.instance, hex::encode(device)))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
-        if let Ok(mut slot) = self.listener.write() {
-            *slot = Some(listener);
+/// Runs a transaction again after a transient conflict (a deadlock or
+/// serialization failure rolled it back: nothing was stored), with a
+/// short growing pause, at most 5 times.
+async fn retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Err(StoreError::Conflict(e)) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "transaction conflict; retrying");
+                tokio::time::sleep(Duration::from_millis(2u64 << attempt)).await;
+            }
+            other => return other,
         }
     }
+}
 
-    async fn register(&self, device: DeviceKey, upload: PrekeyUpload) -> Result<u32, StoreError> {
+/// One attempt of each writing operation; see [`retry`].
+impl PgStore {
+    async fn register_once(
+        &self,
+        device: DeviceKey,
+        upload: PrekeyUpload,
+    ) -> Result<u32, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (s, l) = (&upload.signed, &upload.last_resort);
         sqlx::query(
@@ -260,7 +271,7 @@ impl Store for PgStore {
         u32_of(n)
     }
 
-    async fn take_bundle(&self, device: DeviceKey) -> Result<Option<BundleParts>, StoreError> {
+    async fn take_bundle_once(&self, device: DeviceKey) -> Result<Option<BundleParts>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let Some(row) = sqlx::query(
             "SELECT spk_id, spk_public, spk_signature, lr_id, lr_public, lr_signature FROM devices WHERE device_key = $1",
@@ -304,20 +315,7 @@ impl Store for PgStore {
         }))
     }
 
-    async fn prekey_count(&self, device: DeviceKey) -> Result<Option<u32>, StoreError> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM one_time_prekeys WHERE device_key = $1) FROM devices WHERE device_key = $1",
-        )
-        .bind(&device[..])
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(r) => Ok(Some(u32_of(r.try_get(0)?)?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn enqueue(
+    async fn enqueue_once(
         &self,
         envelope: NewEnvelope,
         limits: QueueLimits,
@@ -430,7 +428,7 @@ impl Store for PgStore {
         Ok(Enqueued::Stored(seqs))
     }
 
-    async fn page(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
+    async fn page_once(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
         let mut tx = self.pool.begin().await?;
         remove(&mut tx, Removal::UpTo(&device, after)).await?;
         let page = read(&mut tx, &device, after, max).await?;
@@ -438,18 +436,87 @@ impl Store for PgStore {
         Ok(page)
     }
 
+    async fn ack_once(&self, device: DeviceKey, seqs: Vec<u64>) -> Result<u32, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = remove(&mut tx, Removal::Listed(&device, &seqs)).await?;
+        tx.commit().await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn sweep_once(&self, now: u64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = remove(&mut tx, Removal::Expired(now)).await?;
+        sqlx::query("DELETE FROM sent_messages WHERE expires_at <= $1")
+            .bind(i64_of(now))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
+
+impl Store for PgStore {
+    async fn register(&self, device: DeviceKey, upload: PrekeyUpload) -> Result<u32, StoreError> {
+        retry(|| self.register_once(device, upload.clone())).await
+    }
+
+    async fn take_bundle(&self, device: DeviceKey) -> Result<Option<BundleParts>, StoreError> {
+        retry(|| self.take_bundle_once(device)).await
+    }
+
+    async fn enqueue(
+        &self,
+        envelope: NewEnvelope,
+        limits: QueueLimits,
+    ) -> Result<Enqueued, StoreError> {
+        retry(|| self.enqueue_once(envelope.clone(), limits)).await
+    }
+
+    async fn page(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
+        retry(|| self.page_once(device, after, max)).await
+    }
+
+    async fn ack(&self, device: DeviceKey, seqs: Vec<u64>) -> Result<u32, StoreError> {
+        retry(|| self.ack_once(device, seqs.clone())).await
+    }
+
+    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
+        retry(|| self.sweep_once(now)).await
+    }
+
+    async fn announce_online(&self, device: DeviceKey) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(ONLINE_CHANNEL)
+            .bind(format!("{} {}", self.instance, hex::encode(device)))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn set_listener(&self, listener: Arc<dyn CommitListener>) {
+        if let Ok(mut slot) = self.listener.write() {
+            *slot = Some(listener);
+        }
+    }
+
+    async fn prekey_count(&self, device: DeviceKey) -> Result<Option<u32>, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM one_time_prekeys WHERE device_key = $1) FROM devices WHERE device_key = $1",
+        )
+        .bind(&device[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some(u32_of(r.try_get(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn read(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
         let mut tx = self.pool.begin().await?;
         let page = read(&mut tx, &device, after, max).await?;
         tx.commit().await?;
         Ok(page)
-    }
-
-    async fn ack(&self, device: DeviceKey, seqs: Vec<u64>) -> Result<u32, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = remove(&mut tx, Removal::Listed(&device, &seqs)).await?;
-        tx.commit().await?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     async fn queue_len(&self, device: DeviceKey) -> Result<u64, StoreError> {
@@ -483,17 +550,6 @@ impl Store for PgStore {
             one_time_prekeys: u64_of(row.try_get(5)?),
             devices_low_on_prekeys: u64_of(row.try_get(6)?),
         })
-    }
-
-    async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let n = remove(&mut tx, Removal::Expired(now)).await?;
-        sqlx::query("DELETE FROM sent_messages WHERE expires_at <= $1")
-            .bind(i64_of(now))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(n)
     }
 }
 
@@ -626,6 +682,25 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn expiry_sweeps_envelopes_and_ids() {
         suite::expiry_sweeps_envelopes_and_ids(open().await).await;
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_then_reported() {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = retry(|| async {
+            let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n < 2 {
+                Err(StoreError::Conflict("deadlock detected".into()))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(2));
+        let always = retry(|| async { Err::<(), _>(StoreError::Conflict("again".into())) }).await;
+        assert_eq!(always, Err(StoreError::Conflict("again".into())));
+        let fatal = retry(|| async { Err::<(), _>(StoreError::Backend("no".into())) }).await;
+        assert_eq!(fatal, Err(StoreError::Backend("no".into())));
     }
 
     #[derive(Default)]

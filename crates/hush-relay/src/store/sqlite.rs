@@ -278,6 +278,7 @@ impl StoreError {
             StoreError::UnknownDevices(d) => StoreError::UnknownDevices(d.clone()),
             StoreError::Quota(d) => StoreError::Quota(d.clone()),
             StoreError::Backend(m) => StoreError::Backend(m.clone()),
+            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
             StoreError::Closed => StoreError::Closed,
         }
     }
