@@ -731,6 +731,58 @@ macro_rules! bind_filter {
     };
 }
 
+/// [`remove`] for rows of one queue, with plain (non-correlated)
+/// statements: read the rows, delete them, subtract their totals from
+/// the device, and drop one reference from each body. A body appears at
+/// most once in one queue (a send names a device once), so "minus one"
+/// per listed body is exact.
+async fn remove_from_one_queue(
+    tx: &mut Tx<'_>,
+    device: &DeviceKey,
+    filter: &str,
+    arg: &Arg,
+) -> Result<u64, StoreError> {
+    let device_bind = Some(device.to_vec());
+    let select = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT body_id, size FROM queue WHERE {filter}"
+    )));
+    let rows = bind_filter!(select, device_bind, arg)
+        .fetch_all(&mut **tx)
+        .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut bytes = 0i64;
+    let mut bodies = Vec::with_capacity(rows.len());
+    for row in &rows {
+        bodies.push(row.try_get::<i64, _>(0)?.to_string());
+        bytes += row.try_get::<i64, _>(1)?;
+    }
+    let delete = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM queue WHERE {filter}"
+    )));
+    let deleted = bind_filter!(delete, device_bind, arg)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "UPDATE devices SET queued_count = queued_count - ?, queued_bytes = queued_bytes - ? WHERE device_key = ?",
+    )
+    .bind(rows.len() as i64)
+    .bind(bytes)
+    .bind(&device[..])
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE bodies SET refs = refs - 1 WHERE id IN (SELECT value FROM json_each(?))")
+        .bind(format!("[{}]", bodies.join(",")))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM bodies WHERE refs <= 0")
+        .execute(&mut **tx)
+        .await?;
+    Ok(deleted)
+}
+
 /// Deletes queue rows, keeping device counters and body reference
 /// counts right, and deletes bodies nothing refers to any more.
 /// Returns the number of rows deleted.
@@ -760,6 +812,9 @@ async fn remove(tx: &mut Tx<'_>, which: Removal<'_>) -> Result<u64, StoreError> 
         ),
     };
     let device_bind: Option<Vec<u8>> = device.map(|d| d.to_vec());
+    if let Some(device) = device {
+        return remove_from_one_queue(tx, device, filter, &arg).await;
+    }
     let statements = [
         format!(
             "UPDATE devices SET
