@@ -59,7 +59,7 @@ impl Default for Limits {
                 max_bytes: 1 << 30,
             },
             expiry: Duration::from_secs(30 * 24 * 3600),
-            page_size: 256,
+            page_size: 512,
             max_one_time_prekeys: 100,
             bundle_burst: 50,
             bundle_refill: Duration::from_secs(6),
