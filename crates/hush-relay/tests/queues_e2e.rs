@@ -96,7 +96,10 @@ async fn thousands_of_envelopes_page_in_seq_order_exactly_once() {
     let mut sorted = seen.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..total).collect::<Vec<u32>>(), "exactly once");
-    assert!(pages >= 6, "pages are bounded (512 each by default): {pages}");
+    assert!(
+        pages >= 6,
+        "pages are bounded (512 each by default): {pages}"
+    );
     assert_eq!(
         bob_client.authenticate(&bob).await.expect("auth"),
         0,
