@@ -277,6 +277,11 @@ impl Connection {
         self.device.as_ref()
     }
 
+    /// A notification already waiting, without waiting.
+    pub fn try_notification(&mut self) -> Option<Notification> {
+        self.notifications.as_mut()?.try_recv().ok()
+    }
+
     /// Waits for the next push for this connection, or for a takeover.
     /// Never resolves before authentication.
     pub async fn next_event(&mut self) -> Event {

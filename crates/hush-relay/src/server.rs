@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hush_proto::relay as proto;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, TransportConfig, VarInt};
@@ -245,7 +246,8 @@ async fn connection<S: Store>(
     });
 
     let mut state = relay.connect(exporter, Instant::now());
-    let mut commits = JoinSet::new();
+    // Sends and acks commit concurrently, polled here: no task per request.
+    let mut commits = FuturesUnordered::new();
     let closing = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
@@ -261,11 +263,8 @@ async fn connection<S: Store>(
                         }
                     }
                     Handled::Commit(pending) => {
-                        let (relay, out) = (relay.clone(), out.clone());
-                        commits.spawn(async move {
-                            let reply = relay.commit(pending).await;
-                            let _ = out.send(reply).await;
-                        });
+                        let relay = relay.clone();
+                        commits.push(async move { relay.commit(pending).await });
                     }
                 },
                 Some(Err(e)) => break Closing::Protocol(e.to_string()),
@@ -273,7 +272,13 @@ async fn connection<S: Store>(
             },
             event = state.next_event() => match event {
                 Event::Notified(n) => {
-                    for f in relay.deliver(&mut state, n).await {
+                    // Take every notification already waiting: one wake-up
+                    // per burst, not per envelope.
+                    let mut frames = relay.deliver(&mut state, n).await;
+                    while let Some(n) = state.try_notification() {
+                        frames.extend(relay.deliver(&mut state, n).await);
+                    }
+                    for f in frames {
                         if out.send(f).await.is_err() {
                             break;
                         }
@@ -289,11 +294,17 @@ async fn connection<S: Store>(
                 Event::TakenOver => break Closing::TakenOver,
             },
             _ = shutdown.changed() => break Closing::Shutdown,
-            Some(_) = commits.join_next(), if !commits.is_empty() => {}
+            Some(reply) = commits.next(), if !commits.is_empty() => {
+                if out.send(reply).await.is_err() {
+                    break Closing::Gone;
+                }
+            }
         }
     };
     // Every send taken in is committed and answered before closing.
-    while commits.join_next().await.is_some() {}
+    while let Some(reply) = commits.next().await {
+        let _ = out.send(reply).await;
+    }
     relay.disconnect(&state);
     reader.abort();
     drop(out);
