@@ -10,11 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{Device, RelayProcess, temp_dir};
-use hush_crypto::PreKeyBundle;
-use hush_proto::relay as proto;
 use hush_relay::testing::test_database;
-use proto::client_frame::Request;
-use proto::relay_frame::Body;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -74,32 +70,9 @@ async fn one_time_prekeys_are_never_shared_across_relays() {
     let mut tasks = Vec::new();
     for relay in [&relay_a, &relay_b, &relay_a, &relay_b] {
         let client = relay.client().await;
-        let key = bob.key().to_vec();
+        let key = bob.key();
         tasks.push(tokio::spawn(async move {
-            let mut answers = Vec::new();
-            for _ in 0..12 {
-                answers.push(
-                    client
-                        .start(Request::FetchBundle(proto::FetchBundle {
-                            device_key: key.clone(),
-                        }))
-                        .await
-                        .expect("starts"),
-                );
-            }
-            let mut ids = Vec::new();
-            for a in answers {
-                let Ok(Body::Bundle(proto::Bundle { bundle: Some(b) })) = client.finish(a).await
-                else {
-                    panic!("bundle expected")
-                };
-                let bundle = PreKeyBundle::try_from(prost::Message::encode_to_vec(&b).as_slice())
-                    .expect("decodes")
-                    .verify()
-                    .expect("verifies");
-                ids.push(bundle.bundle().extra.as_ref().map(|e| e.reference()));
-            }
-            ids
+            common::fetch_bundles(&client, key, 12).await
         }));
     }
     let mut one_time = Vec::new();

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use common::{RelayProcess, temp_dir};
-use hush_crypto::{IdentityKeyPair, PreKeyBundle};
+use hush_crypto::IdentityKeyPair;
 use hush_proto::relay as proto;
 use hush_relay::client::{ClientError, RelayClient};
 use proto::client_frame::Request;
@@ -154,37 +154,13 @@ async fn concurrent_bundle_fetches_never_share_a_one_time_prekey() {
     let mut rng = ChaCha20Rng::from_seed([3; 32]);
     let owner = relay.client().await;
     let bob = register(&owner, &mut rng, 60).await;
-    let key = bob.public().as_bytes().to_vec();
+    let key = *bob.public().as_bytes();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let relay = relay.clone();
-        let key = key.clone();
         tasks.push(tokio::spawn(async move {
             let client = relay.client().await;
-            let mut answers = Vec::new();
-            for _ in 0..10 {
-                answers.push(
-                    client
-                        .start(Request::FetchBundle(proto::FetchBundle {
-                            device_key: key.clone(),
-                        }))
-                        .await
-                        .expect("starts"),
-                );
-            }
-            let mut ids = Vec::new();
-            for a in answers {
-                let Ok(Body::Bundle(proto::Bundle { bundle: Some(b) })) = client.finish(a).await
-                else {
-                    panic!("bundle expected")
-                };
-                let bundle = PreKeyBundle::try_from(prost::Message::encode_to_vec(&b).as_slice())
-                    .expect("decodes")
-                    .verify()
-                    .expect("verifies");
-                ids.push(bundle.bundle().extra.as_ref().map(|e| e.reference()));
-            }
-            ids
+            common::fetch_bundles(&client, key, 10).await
         }));
     }
     let mut one_time = Vec::new();

@@ -169,6 +169,28 @@ pub trait CommitListener: Send + Sync + 'static {
     fn taken_over(&self, device: &DeviceKey);
 }
 
+/// Unsigned counters and ids as the databases store them (signed 64-bit).
+pub(crate) fn i64_of(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored signed 64-bit value as an unsigned counter (negative: 0).
+pub(crate) fn u64_of(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// A stored prekey id, which must fit in 32 bits.
+pub(crate) fn u32_of(n: i64) -> Result<u32, StoreError> {
+    u32::try_from(n).map_err(|_| StoreError::Backend("stored id out of range".into()))
+}
+
+/// A stored fixed-size key, which must have its length.
+pub(crate) fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError> {
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Backend("stored key has the wrong length".into()))
+}
+
 /// Cuts rows read in sequence order down to one page: at most `max`
 /// envelopes and [`PAGE_MAX_BYTES`] of bodies, never empty while a row
 /// exists. `rows` may hold one more row than `max`, to tell the end.

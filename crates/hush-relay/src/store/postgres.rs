@@ -19,7 +19,8 @@ use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::{
     BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload,
-    QueueLimits, SignedKey, Stats, Store, StoreError, StoredEnvelope, bound_page,
+    QueueLimits, SignedKey, Stats, Store, StoreError, StoredEnvelope, bound_page, fixed, i64_of,
+    u32_of, u64_of,
 };
 
 /// The notification channel between relays: commits.
@@ -59,24 +60,6 @@ pub struct PgStore {
     listener: Listener,
     /// Tells this process's notifications from other relays'.
     instance: String,
-}
-
-fn i64_of(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn u64_of(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-fn u32_of(n: i64) -> Result<u32, StoreError> {
-    u32::try_from(n).map_err(|_| StoreError::Backend("stored id out of range".into()))
-}
-
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Backend("stored key has the wrong length".into()))
 }
 
 impl PgStore {

@@ -17,11 +17,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::bound_page;
 use super::{
     BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload,
     QueueLimits, SignedKey, Slot, Stats, Store, StoreError, StoredEnvelope,
 };
+use super::{bound_page, fixed, i64_of, u32_of, u64_of};
 
 /// Jobs taken into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -310,14 +310,6 @@ async fn run(conn: &mut SqliteConnection, batch: &[Job]) -> Result<Vec<Answer>, 
 
 type Tx<'c> = Transaction<'c, Sqlite>;
 
-fn i64_of(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-fn u64_of(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
 async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
     Ok(match op {
         Op::Register(device, upload) => Answer::Count(register(tx, device, upload).await?),
@@ -418,16 +410,6 @@ async fn register(
         }
     }
     Ok(prekey_count(tx, device).await?.unwrap_or(0))
-}
-
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError> {
-    bytes
-        .try_into()
-        .map_err(|_| StoreError::Backend("stored key has the wrong length".into()))
-}
-
-fn u32_of(n: i64) -> Result<u32, StoreError> {
-    u32::try_from(n).map_err(|_| StoreError::Backend("stored id out of range".into()))
 }
 
 async fn take_bundle(

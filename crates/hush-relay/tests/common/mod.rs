@@ -178,3 +178,37 @@ impl PreKeySecrets for Device {
         self.one_time.iter().find(|k| k.id() == id)
     }
 }
+
+/// Fetches `n` bundles of `device` over `client`, all in flight at once,
+/// verifies each, and returns which fourth key each one carried.
+pub async fn fetch_bundles(
+    client: &RelayClient,
+    device: [u8; 32],
+    n: usize,
+) -> Vec<Option<hush_crypto::PreKeyRef>> {
+    use hush_proto::relay::{self as proto, client_frame::Request, relay_frame::Body};
+    let mut answers = Vec::new();
+    for _ in 0..n {
+        answers.push(
+            client
+                .start(Request::FetchBundle(proto::FetchBundle {
+                    device_key: device.to_vec(),
+                }))
+                .await
+                .expect("starts"),
+        );
+    }
+    let mut refs = Vec::new();
+    for a in answers {
+        let Ok(Body::Bundle(proto::Bundle { bundle: Some(b) })) = client.finish(a).await else {
+            panic!("bundle expected")
+        };
+        let bundle =
+            hush_crypto::PreKeyBundle::try_from(prost::Message::encode_to_vec(&b).as_slice())
+                .expect("decodes")
+                .verify()
+                .expect("verifies");
+        refs.push(bundle.bundle().extra.as_ref().map(|e| e.reference()));
+    }
+    refs
+}
