@@ -56,6 +56,8 @@ pub struct Config {
     pub keep_alive_secs: u64,
     /// QUIC idle timeout, seconds: a silent connection is closed after it.
     pub idle_timeout_secs: u64,
+    /// Most connections at once (including handshakes); more are refused.
+    pub max_connections: usize,
     /// Concurrent bidirectional streams a client may open. The protocol
     /// uses one; the relay serves only the first.
     pub max_streams: u32,
@@ -100,6 +102,7 @@ impl Default for Config {
             tls_key: None,
             keep_alive_secs: 15,
             idle_timeout_secs: 60,
+            max_connections: 50_000,
             max_streams: 1,
             udp_buffer_bytes: 8 << 20,
             sweep_interval_secs: 60,
@@ -138,6 +141,9 @@ impl Config {
         let bad = |what: &str| Err(ConfigError::Invalid(what.to_string()));
         if self.keep_alive_secs == 0 || self.keep_alive_secs >= self.idle_timeout_secs {
             return bad("keep_alive_secs must be at least 1 and below idle_timeout_secs");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1");
         }
         if self.max_streams != 1 {
             return bad("max_streams must be 1 (the protocol uses one stream per connection)");

@@ -214,7 +214,7 @@ async fn serve_with<S: Store>(
         tracing::info!("signal received");
         let _ = stop.send(true);
     });
-    server::serve(endpoint, relay, shutdown).await;
+    server::serve(endpoint, relay, config.max_connections, shutdown).await;
     let _ = sweeper.await;
     tracing::info!("stopped");
     Ok(())

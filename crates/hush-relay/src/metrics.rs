@@ -128,6 +128,12 @@ pub async fn render<S: Store>(relay: &Relay<S>) -> String {
         "Requests refused by rate limits.",
         c.rate_limited.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "hush_relay_refused_connections_total",
+        "Connections refused at the max_connections cap.",
+        c.refused_connections.load(Ordering::Relaxed),
+    );
     match relay.store().stats().await {
         Ok(s) => {
             gauge(

@@ -234,6 +234,8 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
     /// Open connections.
     pub connections: AtomicU64,
+    /// Connections refused at the `max_connections` cap.
+    pub refused_connections: AtomicU64,
     /// Send commit latency.
     pub commit_latency: crate::metrics::Histogram,
     /// Commit-to-push latency.

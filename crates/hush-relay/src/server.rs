@@ -138,12 +138,21 @@ pub fn unix_now() -> u64 {
 pub async fn serve<S: Store>(
     endpoint: Endpoint,
     relay: Arc<Relay<S>>,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             incoming = endpoint.accept() => match incoming {
+                // Past the cap, refuse before the handshake costs anything.
+                Some(incoming) if connections.len() >= max_connections => {
+                    relay
+                        .counters
+                        .refused_connections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    incoming.refuse();
+                }
                 Some(incoming) => {
                     let relay = relay.clone();
                     let shutdown = shutdown.clone();

@@ -225,3 +225,26 @@ async fn expired_envelopes_are_swept_and_counted() {
     };
     assert!(page.envelopes.is_empty() && page.queue_empty);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused() {
+    let data = config("max_connections = 1\n");
+    let config_path = data.join("relay.toml");
+    let relay = RelayProcess::start_in(data, &["--config", config_path.to_str().expect("utf-8")]);
+    let first = relay.client().await;
+    match RelayClient::connect(relay.addr, relay.fingerprint).await {
+        Err(ClientError::Connect { .. }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a second connection got past max_connections = 1"),
+    }
+    first.close().await;
+    // Room again once the first has gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match RelayClient::connect(relay.addr, relay.fingerprint).await {
+            Ok(_) => break,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
