@@ -458,7 +458,25 @@ impl Session {
             used_skipped: None,
             skipped: Vec::new(),
         };
-        // A key skipped earlier.
+        let held = self
+            .receiving
+            .iter()
+            .position(|c| c.ratchet_key == message.ratchet_key);
+        // At or past a held chain's position: the common, in-order case.
+        // Skipped keys of a held chain all lie below its position, so the
+        // skipped list need not be searched.
+        if let Some(position) = held
+            && message.counter >= self.receiving[position].chain.index
+        {
+            let chain = &self.receiving[position].chain;
+            let advance = chain.advance_to(message.counter, MAX_SKIPPED_KEYS)?;
+            let plaintext = decrypt_with(&advance.key, MESSAGE_INFO, &ad, &message.ciphertext)?;
+            commit.skipped = tag_skipped(advance.skipped, &message.ratchet_key);
+            commit.advanced = Some((position, advance.next));
+            return Ok((plaintext, commit));
+        }
+        // Behind a held chain, or on a chain no longer held: a key skipped
+        // earlier, or a replay.
         if let Some(position) = self
             .skipped
             .iter()
@@ -473,21 +491,8 @@ impl Session {
             commit.used_skipped = Some(position);
             return Ok((plaintext, commit));
         }
-        // A chain we already have.
-        if let Some(position) = self
-            .receiving
-            .iter()
-            .position(|c| c.ratchet_key == message.ratchet_key)
-        {
-            let chain = &self.receiving[position].chain;
-            if message.counter < chain.index {
-                return Err(DecryptError::Duplicate);
-            }
-            let advance = chain.advance_to(message.counter, MAX_SKIPPED_KEYS)?;
-            let plaintext = decrypt_with(&advance.key, MESSAGE_INFO, &ad, &message.ciphertext)?;
-            commit.skipped = tag_skipped(advance.skipped, &message.ratchet_key);
-            commit.advanced = Some((position, advance.next));
-            return Ok((plaintext, commit));
+        if held.is_some() {
+            return Err(DecryptError::Duplicate);
         }
         // A new ratchet key: finish the newest chain up to
         // previous_counter, then take the receiving half of a DH step.
