@@ -10,23 +10,13 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::RelayProcess;
-use hush_crypto::{ContentType, IdentityKeyPair, SignedPreKeyPair, envelope};
+use hush_crypto::{ContentType, IdentityKeyPair, envelope};
 use hush_proto::relay as proto;
 use hush_relay::client::RelayClient;
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-
-async fn register(client: &RelayClient, identity: &IdentityKeyPair, rng: &mut ChaCha20Rng) {
-    client.authenticate(identity).await.expect("auth");
-    let signed = SignedPreKeyPair::generate(rng, identity, 1);
-    let last_resort = SignedPreKeyPair::generate_last_resort(rng, identity, 2);
-    client
-        .register_prekeys(&signed, &last_resort, &[])
-        .await
-        .expect("registers");
-}
 
 fn send_request(i: u32, to: &IdentityKeyPair) -> Request {
     let mut id = [0u8; 16];
@@ -86,9 +76,8 @@ async fn send_all(
 async fn kill_9_during_10000_sends_loses_no_acked_envelope() {
     let mut relay = RelayProcess::start("kill9");
     let mut rng = ChaCha20Rng::from_seed([5; 32]);
-    let bob = IdentityKeyPair::generate(&mut rng);
     let setup = relay.client().await;
-    register(&setup, &bob, &mut rng).await;
+    let bob = common::new_device(&setup, &mut rng, 0).await;
     setup.close().await;
 
     let total = 10_000u32;
@@ -142,12 +131,9 @@ async fn kill_9_during_10000_sends_loses_no_acked_envelope() {
 async fn the_store_and_logs_hold_no_content_and_no_sender() {
     let mut relay = RelayProcess::start("zero-knowledge");
     let mut rng = ChaCha20Rng::from_seed([6; 32]);
-    let (alice, bob) = (
-        IdentityKeyPair::generate(&mut rng),
-        IdentityKeyPair::generate(&mut rng),
-    );
+    let alice = IdentityKeyPair::generate(&mut rng);
     let bob_client = relay.client().await;
-    register(&bob_client, &bob, &mut rng).await;
+    let bob = common::new_device(&bob_client, &mut rng, 0).await;
     let alice_client = relay.client().await;
     let texts: Vec<String> = (0..20)
         .map(|i| format!("secret text number {i} for bob"))
@@ -242,9 +228,8 @@ async fn the_store_and_logs_hold_no_content_and_no_sender() {
 async fn malformed_frames_close_the_connection_and_lose_nothing() {
     let relay = RelayProcess::start("malformed");
     let mut rng = ChaCha20Rng::from_seed([7; 32]);
-    let bob = IdentityKeyPair::generate(&mut rng);
     let client = relay.client().await;
-    register(&client, &bob, &mut rng).await;
+    let bob = common::new_device(&client, &mut rng, 0).await;
     let body = client
         .request(Request::Send(proto::Send {
             message_id: vec![1; 16],

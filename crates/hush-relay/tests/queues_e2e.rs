@@ -16,12 +16,6 @@ use proto::relay_frame::Body;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-async fn register(client: &RelayClient, rng: &mut ChaCha20Rng, one_time: u32) -> IdentityKeyPair {
-    let device = common::Device::new(rng, one_time);
-    device.register(client).await;
-    device.identity
-}
-
 fn send(i: u32, to: &IdentityKeyPair) -> Request {
     let mut id = [0u8; 16];
     id[..4].copy_from_slice(&i.to_be_bytes());
@@ -46,7 +40,7 @@ async fn thousands_of_envelopes_page_in_seq_order_exactly_once() {
     let relay = RelayProcess::start("paging");
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
     let setup = relay.client().await;
-    let bob = register(&setup, &mut rng, 0).await;
+    let bob = common::new_device(&setup, &mut rng, 0).await;
     setup.close().await;
     let sender = relay.client().await;
     let total = 3_000u32;
@@ -114,7 +108,7 @@ async fn a_full_queue_answers_quota_and_stores_nothing_more() {
     let relay = RelayProcess::start_in(data, &["--config", config_path.to_str().expect("utf-8")]);
     let mut rng = ChaCha20Rng::from_seed([2; 32]);
     let client = relay.client().await;
-    let bob = register(&client, &mut rng, 0).await;
+    let bob = common::new_device(&client, &mut rng, 0).await;
     for i in 0..5 {
         assert!(matches!(
             client.request(send(i, &bob)).await,
@@ -153,7 +147,7 @@ async fn concurrent_bundle_fetches_never_share_a_one_time_prekey() {
     ));
     let mut rng = ChaCha20Rng::from_seed([3; 32]);
     let owner = relay.client().await;
-    let bob = register(&owner, &mut rng, 60).await;
+    let bob = common::new_device(&owner, &mut rng, 60).await;
     let key = *bob.public().as_bytes();
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -187,7 +181,7 @@ async fn expired_envelopes_are_swept_and_counted() {
     let relay = RelayProcess::start_in(data, &["--config", config_path.to_str().expect("utf-8")]);
     let mut rng = ChaCha20Rng::from_seed([4; 32]);
     let client = relay.client().await;
-    let bob = register(&client, &mut rng, 0).await;
+    let bob = common::new_device(&client, &mut rng, 0).await;
     for i in 0..3 {
         assert!(matches!(
             client.request(send(i, &bob)).await,

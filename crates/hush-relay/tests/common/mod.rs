@@ -212,3 +212,15 @@ pub async fn fetch_bundles(
     }
     refs
 }
+
+/// A new device registered over `client` with `one_time` one-time
+/// prekeys; returns its identity.
+pub async fn new_device(
+    client: &RelayClient,
+    rng: &mut ChaCha20Rng,
+    one_time: u32,
+) -> IdentityKeyPair {
+    let device = Device::new(rng, one_time);
+    device.register(client).await;
+    device.identity
+}
