@@ -113,6 +113,21 @@ fn multi_recipient_shares_one_body() {
     );
 }
 
+/// What a recipient learns from its own slot, as `open` computes it: `M`.
+fn recover_message_secret(
+    me: &IdentityKeyPair,
+    body: &SealedBody,
+    slot: &[u8; SLOT_LEN],
+) -> [u8; 32] {
+    let shared = dh(me.x25519_secret(), &body.ephemeral_key).expect("dh");
+    let mask = mask(&shared, &body.ephemeral_key, me.public().x25519());
+    let mut m = [0u8; 32];
+    for (out, (a, b)) in m.iter_mut().zip(slot.iter().zip(mask.iter())) {
+        *out = a ^ b;
+    }
+    m
+}
+
 /// A recipient of a group message (who learns M) cannot re-address the
 /// body to a third member as if from the original sender.
 #[test]
@@ -131,12 +146,7 @@ fn another_recipient_cannot_forge_the_sender() {
     )
     .expect("seals");
     // Bob recovers M from his slot, as open() does.
-    let shared = dh(bob.x25519_secret(), &body.ephemeral_key).expect("dh");
-    let bob_mask = mask(&shared, &body.ephemeral_key, bob.public().x25519());
-    let mut m = [0u8; 32];
-    for i in 0..32 {
-        m[i] = slots[0][i] ^ bob_mask[i];
-    }
+    let m = recover_message_secret(bob, &body, &slots[0]);
     // ...and builds a slot for Carol with a correct mask but cannot make
     // the sender tag, which needs X25519(IK_sender, IK_carol).
     let secret = expand(&m);
@@ -168,12 +178,7 @@ fn a_genuine_slot_cannot_carry_another_body() {
         b"real",
     )
     .expect("seals");
-    let shared = dh(bob.x25519_secret(), &body.ephemeral_key).expect("dh");
-    let bob_mask = mask(&shared, &body.ephemeral_key, bob.public().x25519());
-    let mut m = [0u8; 32];
-    for i in 0..32 {
-        m[i] = slots[0][i] ^ bob_mask[i];
-    }
+    let m = recover_message_secret(bob, &body, &slots[0]);
     let secret = expand(&m);
     let fake = wire::SealedContent {
         sender_identity: sender.public().as_bytes().to_vec(),

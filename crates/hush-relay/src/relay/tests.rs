@@ -122,6 +122,24 @@ async fn online(relay: &Relay<SqliteStore>, d: &Device, exporter: u8) -> Connect
     conn
 }
 
+/// Pages a connection's queue after `after` (which acknowledges up to it).
+async fn fetch_page(
+    relay: &Relay<SqliteStore>,
+    conn: &mut Connection,
+    id: u64,
+    after: u64,
+    max: u32,
+) -> proto::Page {
+    let request = Request::FetchPage(proto::FetchPage {
+        after_seq: after,
+        max_envelopes: max,
+    });
+    match call(relay, conn, id, request).await {
+        Body::Page(page) => page,
+        other => panic!("page expected, got {other:?}"),
+    }
+}
+
 /// A registered device, online and paged to the end (live), and then
 /// `sends` envelopes sent to it by another connection.
 async fn live_with_sends(relay: &Relay<SqliteStore>, seed: u8, sends: u8) -> (Device, Connection) {
@@ -314,19 +332,7 @@ async fn offline_send_then_page_then_live_push_in_order() {
     ));
 
     let mut bob_conn = online(&relay, &bob, 4).await;
-    let page = call(
-        &relay,
-        &mut bob_conn,
-        2,
-        Request::FetchPage(proto::FetchPage {
-            after_seq: 0,
-            max_envelopes: 2,
-        }),
-    )
-    .await;
-    let Body::Page(page) = page else {
-        panic!("page expected")
-    };
+    let page = fetch_page(&relay, &mut bob_conn, 2, 0, 2).await;
     assert_eq!(
         page.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2]
@@ -334,19 +340,7 @@ async fn offline_send_then_page_then_live_push_in_order() {
     assert!(!page.queue_empty);
     // While bob pages, a new envelope arrives: it must not be lost.
     call(&relay, &mut sender, 10, send(4, &[4], &[&bob])).await;
-    let page = call(
-        &relay,
-        &mut bob_conn,
-        3,
-        Request::FetchPage(proto::FetchPage {
-            after_seq: 2,
-            max_envelopes: 2,
-        }),
-    )
-    .await;
-    let Body::Page(page) = page else {
-        panic!("page expected")
-    };
+    let page = fetch_page(&relay, &mut bob_conn, 3, 2, 2).await;
     assert_eq!(
         page.envelopes.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![3, 4]
