@@ -191,6 +191,64 @@ pub(crate) fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], StoreError>
         .map_err(|_| StoreError::Backend("stored key has the wrong length".into()))
 }
 
+/// Decodes the columns both stores read the same way.
+pub(crate) trait Columns: sqlx::Row {
+    /// A signed 64-bit column.
+    fn int(&self, i: usize) -> Result<i64, StoreError>;
+    /// A byte column.
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError>;
+
+    /// `seq, body, slot, expires_at` from column `at` on.
+    fn envelope(&self, at: usize) -> Result<StoredEnvelope, StoreError> {
+        Ok(StoredEnvelope {
+            seq: u64_of(self.int(at)?),
+            body: self.bytes(at + 1)?,
+            slot: fixed(&self.bytes(at + 2)?)?,
+            expires_at: u64_of(self.int(at + 3)?),
+        })
+    }
+
+    /// `id, public, signature` from column `at` on.
+    fn signed_key(&self, at: usize) -> Result<SignedKey, StoreError> {
+        Ok(SignedKey {
+            id: u32_of(self.int(at)?)?,
+            public: fixed(&self.bytes(at + 1)?)?,
+            signature: fixed(&self.bytes(at + 2)?)?,
+        })
+    }
+
+    /// The seven counts of [`Stats`], in field order.
+    fn stats(&self) -> Result<Stats, StoreError> {
+        Ok(Stats {
+            devices: u64_of(self.int(0)?),
+            bodies: u64_of(self.int(1)?),
+            queued_envelopes: u64_of(self.int(2)?),
+            queued_bytes: u64_of(self.int(3)?),
+            deepest_queue: u64_of(self.int(4)?),
+            one_time_prekeys: u64_of(self.int(5)?),
+            devices_low_on_prekeys: u64_of(self.int(6)?),
+        })
+    }
+}
+
+impl Columns for sqlx::sqlite::SqliteRow {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(sqlx::Row::try_get(self, i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(sqlx::Row::try_get(self, i)?)
+    }
+}
+
+impl Columns for sqlx::postgres::PgRow {
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        Ok(sqlx::Row::try_get(self, i)?)
+    }
+    fn bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        Ok(sqlx::Row::try_get(self, i)?)
+    }
+}
+
 /// Cuts rows read in sequence order down to one page: at most `max`
 /// envelopes and [`PAGE_MAX_BYTES`] of bodies, never empty while a row
 /// exists. `rows` may hold one more row than `max`, to tell the end.

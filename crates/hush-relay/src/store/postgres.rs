@@ -18,9 +18,8 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
 use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::{
-    BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload,
-    QueueLimits, SignedKey, Stats, Store, StoreError, StoredEnvelope, bound_page, fixed, i64_of,
-    u32_of, u64_of,
+    BundleParts, Columns, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page,
+    PrekeyUpload, QueueLimits, Stats, Store, StoreError, bound_page, fixed, i64_of, u32_of, u64_of,
 };
 
 /// The notification channel between relays: commits.
@@ -265,16 +264,8 @@ impl PgStore {
         else {
             return Ok(None);
         };
-        let signed = SignedKey {
-            id: u32_of(row.try_get(0)?)?,
-            public: fixed(row.try_get::<&[u8], _>(1)?)?,
-            signature: fixed(row.try_get::<&[u8], _>(2)?)?,
-        };
-        let last_resort = SignedKey {
-            id: u32_of(row.try_get(3)?)?,
-            public: fixed(row.try_get::<&[u8], _>(4)?)?,
-            signature: fixed(row.try_get::<&[u8], _>(5)?)?,
-        };
+        let signed = row.signed_key(0)?;
+        let last_resort = row.signed_key(3)?;
         // SKIP LOCKED: a concurrent taker (on any relay) skips the key this
         // transaction holds; no key is ever handed out twice.
         let taken = sqlx::query(
@@ -524,15 +515,7 @@ impl Store for PgStore {
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok(Stats {
-            devices: u64_of(row.try_get(0)?),
-            bodies: u64_of(row.try_get(1)?),
-            queued_envelopes: u64_of(row.try_get(2)?),
-            queued_bytes: u64_of(row.try_get(3)?),
-            deepest_queue: u64_of(row.try_get(4)?),
-            one_time_prekeys: u64_of(row.try_get(5)?),
-            devices_low_on_prekeys: u64_of(row.try_get(6)?),
-        })
+        row.stats()
     }
 }
 
@@ -548,12 +531,7 @@ async fn read(tx: &mut Tx, device: &DeviceKey, after: u64, max: u32) -> Result<P
     .await?;
     let mut envelopes = Vec::with_capacity(rows.len());
     for row in &rows {
-        envelopes.push(StoredEnvelope {
-            seq: u64_of(row.try_get(0)?),
-            body: row.try_get(1)?,
-            slot: fixed(row.try_get::<&[u8], _>(2)?)?,
-            expires_at: u64_of(row.try_get(3)?),
-        });
+        envelopes.push(row.envelope(0)?);
     }
     Ok(bound_page(envelopes, max))
 }

@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BundleParts, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page, PrekeyUpload,
-    QueueLimits, SignedKey, Slot, Stats, Store, StoreError, StoredEnvelope,
+    QueueLimits, Slot, Stats, Store, StoreError,
 };
-use super::{bound_page, fixed, i64_of, u32_of, u64_of};
+use super::{Columns, bound_page, fixed, i64_of, u32_of, u64_of};
 
 /// Jobs taken into one transaction at most.
 const MAX_BATCH: usize = 512;
@@ -352,15 +352,7 @@ async fn execute(tx: &mut Tx<'_>, op: &Op) -> Result<Answer, StoreError> {
             )
             .fetch_one(&mut **tx)
             .await?;
-            Answer::Stats(Stats {
-                devices: u64_of(row.try_get(0)?),
-                bodies: u64_of(row.try_get(1)?),
-                queued_envelopes: u64_of(row.try_get(2)?),
-                queued_bytes: u64_of(row.try_get(3)?),
-                deepest_queue: u64_of(row.try_get(4)?),
-                one_time_prekeys: u64_of(row.try_get(5)?),
-                devices_low_on_prekeys: u64_of(row.try_get(6)?),
-            })
+            Answer::Stats(row.stats()?)
         }
         Op::Sweep(now) => {
             let removed = remove(tx, Removal::Expired(*now)).await?;
@@ -426,16 +418,8 @@ async fn take_bundle(
     else {
         return Ok(None);
     };
-    let signed = SignedKey {
-        id: u32_of(row.try_get(0)?)?,
-        public: fixed(row.try_get::<&[u8], _>(1)?)?,
-        signature: fixed(row.try_get::<&[u8], _>(2)?)?,
-    };
-    let last_resort = SignedKey {
-        id: u32_of(row.try_get(3)?)?,
-        public: fixed(row.try_get::<&[u8], _>(4)?)?,
-        signature: fixed(row.try_get::<&[u8], _>(5)?)?,
-    };
+    let signed = row.signed_key(0)?;
+    let last_resort = row.signed_key(3)?;
     // The writer is the only connection: take and delete are one step.
     let taken = sqlx::query(
         "DELETE FROM one_time_prekeys WHERE device_key = ?1 AND id =
@@ -680,12 +664,7 @@ async fn read(
     .await?;
     let mut envelopes = Vec::with_capacity(rows.len());
     for row in &rows {
-        envelopes.push(StoredEnvelope {
-            seq: u64_of(row.try_get(0)?),
-            body: row.try_get(1)?,
-            slot: fixed(row.try_get::<&[u8], _>(2)?)?,
-            expires_at: u64_of(row.try_get(3)?),
-        });
+        envelopes.push(row.envelope(0)?);
     }
     Ok(bound_page(envelopes, max))
 }
