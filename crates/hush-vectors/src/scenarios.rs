@@ -281,6 +281,19 @@ fn setup(rng: &mut VectorRng, extra: Extra) -> Result<Setup> {
     })
 }
 
+/// The inputs of a [`setup`]: both identity seeds, Bob's prekey secrets
+/// and the bundle he publishes.
+fn setup_fields(s: &Setup) -> Map<String, Value> {
+    fields(json!({
+        "alice_identity_seed": h(s.secrets[0]),
+        "bob_identity_seed": h(s.secrets[1]),
+        "bob_signed_prekey": {"id": 1, "secret": h(s.secrets[2])},
+        "bob_last_resort_prekey": {"id": 2, "secret": h(s.secrets[3])},
+        "bob_one_time_prekey": {"id": 3, "secret": h(s.secrets[4])},
+        "bundle": h(s.bundle.to_bytes()),
+    }))
+}
+
 fn x3dh_case(rng: &mut VectorRng, extra: Extra) -> Fields {
     let s = setup(rng, extra)?;
     let bundle_bytes = s.bundle.to_bytes();
@@ -437,15 +450,9 @@ fn x3dh_rejections(rng: &mut VectorRng) -> Fields {
     // The one-time prekey was used and deleted: a replay finds no key.
     s.keys.one_time = None;
     respond("replay_after_one_time_prekey_deleted", &message, &s.keys)?;
-    Ok(fields(json!({
-        "alice_identity_seed": h(s.secrets[0]),
-        "bob_identity_seed": h(s.secrets[1]),
-        "bob_signed_prekey": {"id": 1, "secret": h(s.secrets[2])},
-        "bob_last_resort_prekey": {"id": 2, "secret": h(s.secrets[3])},
-        "bob_one_time_prekey": {"id": 3, "secret": h(s.secrets[4])},
-        "bundle": h(s.bundle.to_bytes()),
-        "cases": cases,
-    })))
+    let mut out = setup_fields(&s);
+    out.insert("cases".into(), json!(cases));
+    Ok(out)
 }
 
 fn ratchet_conversation(rng: &mut VectorRng) -> Fields {
@@ -587,15 +594,9 @@ fn ratchet_conversation(rng: &mut VectorRng) -> Fields {
         &mut steps,
     );
 
-    Ok(fields(json!({
-        "alice_identity_seed": h(s.secrets[0]),
-        "bob_identity_seed": h(s.secrets[1]),
-        "bob_signed_prekey": {"id": 1, "secret": h(s.secrets[2])},
-        "bob_last_resort_prekey": {"id": 2, "secret": h(s.secrets[3])},
-        "bob_one_time_prekey": {"id": 3, "secret": h(s.secrets[4])},
-        "bundle": h(s.bundle.to_bytes()),
-        "steps": steps,
-    })))
+    let mut out = setup_fields(&s);
+    out.insert("steps".into(), json!(steps));
+    Ok(out)
 }
 
 fn sender_keys(rng: &mut VectorRng) -> Fields {
