@@ -129,15 +129,19 @@ mod tests {
         );
     }
 
-    /// RFC 4231 test case 2 (key "Jefe" is not 32 bytes, so use case 1's
-    /// shape through the underlying crate and check our wrapper agrees).
+    /// Known answers computed independently (Python's `hmac`, SHA-256),
+    /// including the one-byte chain constant shape KDF_CK uses.
     #[test]
-    fn hmac_matches_reference() {
-        let key = [0x0b; 32];
-        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
-        mac.update(b"Hi There");
-        let expected = mac.finalize().into_bytes();
-        assert_eq!(hmac(&key, b"Hi There")[..], expected[..]);
+    fn hmac_known_answers() {
+        assert_eq!(
+            hex::encode(hmac(&[0x0b; 32], b"Hi There")),
+            "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7"
+        );
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8);
+        assert_eq!(
+            hex::encode(hmac(&key, &[0x01])),
+            "9b4c8120a4823a95f47cde17a244f4507244ee6e3957d1fab9fa29b44d3829b7"
+        );
     }
 
     #[test]
