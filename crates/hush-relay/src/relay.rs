@@ -118,17 +118,24 @@ enum Work {
     Ack(DeviceKey, Vec<u64>),
 }
 
-/// A push to a connected device: an envelope just committed to its queue.
+/// A push to a connected device.
 #[derive(Clone, Debug)]
-pub struct Notification {
+pub enum Notification {
+    /// An envelope just committed to its queue by this relay.
+    Committed(Pushed),
+    /// Another relay committed to its queue: read the store.
+    Wake,
+}
+
+/// An envelope just committed, as pushed.
+#[derive(Clone, Debug)]
+pub struct Pushed {
     seq: u64,
     /// Shared by every recipient of the envelope.
     body: Arc<Vec<u8>>,
     slot: Slot,
     expires_at: u64,
     committed: Instant,
-    /// No envelope: another relay committed to this queue; read the store.
-    wake: bool,
 }
 
 /// The most sequence numbers one `Ack` may list.
@@ -145,8 +152,8 @@ struct Online {
     takeover: Option<oneshot::Sender<()>>,
 }
 
-/// The devices connected now. Told by the store about every commit, in
-/// commit order, and wakes the recipients' connections.
+/// The devices connected now. Told by the store after every commit (and
+/// by other relays through it), and wakes the recipients' connections.
 #[derive(Default)]
 struct Registry {
     online: Mutex<HashMap<DeviceKey, Online>>,
@@ -154,15 +161,7 @@ struct Registry {
 
 impl Registry {
     fn wake_one(o: &Online) {
-        let wake = Notification {
-            seq: 0,
-            body: Arc::new(Vec::new()),
-            slot: [0; 48],
-            expires_at: 0,
-            committed: Instant::now(),
-            wake: true,
-        };
-        if o.notify.try_send(wake).is_err() {
+        if o.notify.try_send(Notification::Wake).is_err() {
             o.overflowed.store(true, Ordering::Release);
         }
     }
@@ -176,14 +175,13 @@ impl CommitListener for Registry {
         let now = Instant::now();
         for ((device, slot), seq) in c.recipients.iter().zip(c.seqs) {
             if let Some(o) = online.get(device) {
-                let notification = Notification {
+                let notification = Notification::Committed(Pushed {
                     seq: *seq,
                     body: c.body.clone(),
                     slot: *slot,
                     expires_at: c.expires_at,
                     committed: now,
-                    wake: false,
-                };
+                });
                 if o.notify.try_send(notification).is_err() {
                     o.overflowed.store(true, Ordering::Release);
                 }
@@ -947,9 +945,10 @@ impl<S: Store> Relay<S> {
         if !conn.live || conn.device.is_none() {
             return Vec::new();
         }
-        if n.wake {
-            return self.resync(conn).await;
-        }
+        let n = match n {
+            Notification::Committed(n) => n,
+            Notification::Wake => return self.resync(conn).await,
+        };
         let overflowed = conn.overflowed.swap(false, Ordering::AcqRel);
         if n.seq == conn.delivered + 1 && !overflowed {
             conn.delivered = n.seq;
