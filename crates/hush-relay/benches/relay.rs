@@ -4,9 +4,11 @@
 //! 1. sustained end-to-end envelopes/s: send, commit, push, ack, delete;
 //! 2. p50/p99 send-to-ack and send-to-delivery latency at 5,000/s;
 //! 3. backlog drain rate for one device with 100,000 queued;
-//! 4. relay resident memory with 1,000 and 10,000 idle devices.
+//! 4. relay resident memory with 1,000 and 10,000 idle devices;
+//! 5. the SQLite store alone, without QUIC: envelopes/s enqueued and
+//!    acked through `SqliteStore` (what the relay's single writer can do).
 //!
-//! `cargo bench -p hush-relay --bench relay [-- throughput|latency|drain|memory]`
+//! `cargo bench -p hush-relay --bench relay [-- throughput|latency|drain|memory|store]`
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -76,6 +78,22 @@ fn start_relay(name: &str) -> Relay {
         addr,
         fingerprint,
     }
+}
+
+/// CPU time the process has used (user + system), in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let ticks: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and
+            // stime are fields 14 and 15 of the whole line.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    ticks as f64 / 100.0
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -244,24 +262,32 @@ async fn throughput() {
     }
     // Measure the steady part: from 2 s to the end of sending.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (d0, a0, t0) = (
+    let pid = relay.child.id();
+    let (d0, a0, t0, c0, b0) = (
         delivered.load(Ordering::Relaxed),
         acked.load(Ordering::Relaxed),
         Instant::now(),
+        cpu_secs(pid),
+        cpu_secs(std::process::id()),
     );
     for s in senders {
         s.await.unwrap();
     }
-    let (d1, a1, t1) = (
+    let (d1, a1, t1, c1, b1) = (
         delivered.load(Ordering::Relaxed),
         acked.load(Ordering::Relaxed),
         Instant::now(),
+        cpu_secs(pid),
+        cpu_secs(std::process::id()),
     );
     let secs = (t1 - t0).as_secs_f64();
     println!(
-        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x 2048 in flight, 4 live receivers, 256-byte bodies)",
+        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x 2048 in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
         (d1 - d0) as f64 / secs,
         (a1 - a0) as f64 / secs,
+        (c1 - c0) / secs,
+        (c1 - c0) * 1e6 / (d1 - d0).max(1) as f64,
+        (b1 - b0) / secs,
     );
 }
 
@@ -424,6 +450,134 @@ async fn memory() {
     }
 }
 
+/// The SQLite store alone: 4,096 enqueues in flight to `devices`
+/// devices, each device acking what it got every millisecond.
+async fn store(devices: usize) {
+    use hush_relay::store::sqlite::SqliteStore;
+    use hush_relay::store::{Enqueued, NewEnvelope, PrekeyUpload, QueueLimits, SignedKey, Store};
+    let dir =
+        std::env::temp_dir().join(format!("hush-bench-store-{}-{devices}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("relay.sqlite")).await.unwrap();
+    let key = |id| SignedKey {
+        id,
+        public: [1; 32],
+        signature: [1; 64],
+    };
+    let keys: Vec<[u8; 32]> = (0..devices)
+        .map(|i| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            k
+        })
+        .collect();
+    for k in &keys {
+        let upload = PrekeyUpload {
+            signed: key(1),
+            last_resort: key(2),
+            one_time: Vec::new(),
+        };
+        store.register(*k, upload).await.unwrap();
+    }
+    let limits = QueueLimits {
+        max_envelopes: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+    let body = Arc::new(vec![0u8; 256]);
+    let duration = Duration::from_secs(6);
+    let start = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let (committed, mut seqs) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
+    // Acker: acks each device's envelopes in runs of up to 256, and
+    // whatever is pending every millisecond (as a live device would).
+    let acker = {
+        let store = store.clone();
+        let keys = keys.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut pending: Vec<Vec<u64>> = vec![Vec::new(); keys.len()];
+            let mut acks = futures_util::stream::FuturesUnordered::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let ack = |list: Vec<u64>, d: usize| {
+                let (store, key, done) = (store.clone(), keys[d], done.clone());
+                async move {
+                    let n = store.ack(key, list).await.unwrap();
+                    done.fetch_add(u64::from(n), Ordering::Relaxed);
+                }
+            };
+            loop {
+                tokio::select! {
+                    next = seqs.recv() => {
+                        let Some((d, seq)) = next else { break };
+                        pending[d].push(seq);
+                        if pending[d].len() >= 256 {
+                            acks.push(ack(std::mem::take(&mut pending[d]), d));
+                        }
+                    }
+                    _ = tick.tick() => {
+                        for (d, list) in pending.iter_mut().enumerate() {
+                            if !list.is_empty() {
+                                acks.push(ack(std::mem::take(list), d));
+                            }
+                        }
+                    }
+                    Some(()) = futures_util::StreamExt::next(&mut acks), if !acks.is_empty() => {}
+                }
+            }
+            while futures_util::StreamExt::next(&mut acks).await.is_some() {}
+        })
+    };
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
+    let mut n = 0u64;
+    let mut measured = None;
+    while start.elapsed() < duration {
+        if measured.is_none() && start.elapsed() > Duration::from_secs(2) {
+            measured = Some((
+                Instant::now(),
+                done.load(Ordering::Relaxed),
+                cpu_secs(std::process::id()),
+            ));
+        }
+        while inflight.len() < 4096 {
+            let d = (n % devices as u64) as usize;
+            let mut message_id = [0u8; 16];
+            message_id[..8].copy_from_slice(&n.to_be_bytes());
+            let envelope = NewEnvelope {
+                message_id,
+                body: body.clone(),
+                recipients: vec![(keys[d], [1; 48])],
+                expires_at: u64::MAX >> 2,
+            };
+            let (store, committed) = (store.clone(), committed.clone());
+            inflight.push(async move {
+                if let Ok(Enqueued::Stored(s)) = store.enqueue(envelope, limits).await {
+                    let _ = committed.send((d, s[0]));
+                }
+            });
+            n += 1;
+        }
+        futures_util::StreamExt::next(&mut inflight).await;
+    }
+    let (t0, d0, c0) = measured.unwrap();
+    let (t1, d1, c1) = (
+        Instant::now(),
+        done.load(Ordering::Relaxed),
+        cpu_secs(std::process::id()),
+    );
+    while futures_util::StreamExt::next(&mut inflight).await.is_some() {}
+    drop(committed);
+    acker.await.unwrap();
+    let secs = (t1 - t0).as_secs_f64();
+    println!(
+        "store: {:.0} envelopes/s enqueued, committed and acked through SqliteStore ({devices} devices, 4,096 in flight, acks of up to 256 every ms); process CPU {:.2} cores = {:.1} us per envelope",
+        (d1 - d0) as f64 / secs,
+        (c1 - c0) / secs,
+        (c1 - c0) * 1e6 / (d1 - d0).max(1) as f64,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let filter = std::env::args()
@@ -442,5 +596,9 @@ async fn main() {
     }
     if run("memory") {
         memory().await;
+    }
+    if run("store") {
+        store(4).await;
+        store(1_000).await;
     }
 }

@@ -88,6 +88,9 @@ pub struct Config {
     pub send_burst: u32,
     /// Sends: microseconds per refilled token.
     pub send_refill_micros: u64,
+    /// SQLite store: most message ids remembered for idempotent resends
+    /// (each costs about 40 bytes of memory).
+    pub sqlite_max_message_ids: usize,
 }
 
 impl Default for Config {
@@ -117,6 +120,7 @@ impl Default for Config {
             bundle_refill_secs: limits.bundle_refill.as_secs(),
             send_burst: limits.send_burst,
             send_refill_micros: u64::try_from(limits.send_refill.as_micros()).unwrap_or(u64::MAX),
+            sqlite_max_message_ids: crate::store::sqlite::DEFAULT_MAX_MESSAGE_IDS,
         }
     }
 }
@@ -175,6 +179,9 @@ impl Config {
         if self.bundle_burst == 0 || self.send_burst == 0 {
             return bad("bundle_burst and send_burst must be at least 1");
         }
+        if self.sqlite_max_message_ids == 0 {
+            return bad("sqlite_max_message_ids must be at least 1");
+        }
         if let Some(url) = &self.database
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -186,6 +193,13 @@ impl Config {
             return bad("tls_cert and tls_key go together");
         }
         Ok(())
+    }
+
+    /// The SQLite store's options.
+    pub fn sqlite(&self) -> crate::store::sqlite::SqliteOptions {
+        crate::store::sqlite::SqliteOptions {
+            max_message_ids: self.sqlite_max_message_ids,
+        }
     }
 
     /// The relay limits this configuration sets.

@@ -138,7 +138,7 @@ async fn serve(config: Config, identity: tls::Identity) -> Result<()> {
         }
         None => {
             let db = config.data.join("relay.sqlite");
-            let store = SqliteStore::open(&db)
+            let store = SqliteStore::open_with(&db, config.sqlite())
                 .await
                 .with_context(|| format!("opening {}", db.display()))?;
             serve_with(store, db.display().to_string(), config, identity).await
