@@ -207,6 +207,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e6
 }
 
+/// Sends each throughput sender keeps in flight.
+const WINDOW: usize = 2048;
+
 async fn throughput() {
     let relay = start_relay("throughput");
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
@@ -246,7 +249,7 @@ async fn throughput() {
                         .unwrap(),
                 );
                 n += 1;
-                if window.len() >= 2048
+                if window.len() >= WINDOW
                     && let Some(a) = window.pop_front()
                     && matches!(client.finish(a).await, Ok(Body::Sent(_)))
                 {
@@ -282,7 +285,7 @@ async fn throughput() {
     );
     let secs = (t1 - t0).as_secs_f64();
     println!(
-        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x 2048 in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
+        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x {WINDOW} in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
         (d1 - d0) as f64 / secs,
         (a1 - a0) as f64 / secs,
         (c1 - c0) / secs,

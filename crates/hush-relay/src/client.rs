@@ -240,10 +240,8 @@ impl RelayClient {
         let (push_tx, pushes) = mpsc::channel(65_536);
         let waiting = pending.clone();
         tokio::spawn(async move {
-            let mut buf = Vec::new();
-            while let Ok(Some(frame)) =
-                frame::read::<proto::RelayFrame, _>(&mut recv, &mut buf).await
-            {
+            let mut reader = frame::Reader::new();
+            while let Ok(Some(frame)) = reader.next::<proto::RelayFrame, _>(&mut recv).await {
                 let Some(body) = frame.body else { continue };
                 if frame.request_id == 0 {
                     if let Body::Deliver(envelope) = body

@@ -28,34 +28,80 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame; `Ok(None)` when the stream ends cleanly between frames.
-pub async fn read<M: Message + Default, R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
-) -> Result<Option<M>, FrameError> {
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len[..1]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    reader.read_exact(&mut len[1..]).await.map_err(eof)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    buf.resize(len, 0);
-    reader.read_exact(buf).await.map_err(eof)?;
-    M::decode(buf.as_slice())
-        .map(Some)
-        .map_err(|_| FrameError::Malformed)
+/// Reads frames from a stream through its own buffer. Every method is
+/// cancel-safe: a read abandoned half-way (say, in a `select!`) loses
+/// nothing, and the next call goes on where it stopped. One read from
+/// the stream usually yields many frames.
+#[derive(Debug, Default)]
+pub struct Reader {
+    buf: Vec<u8>,
+    /// Bytes before this are consumed.
+    start: usize,
 }
 
-fn eof(e: std::io::Error) -> FrameError {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        FrameError::Truncated
-    } else {
-        FrameError::Io(e)
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl Reader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the next whole frame from the buffer, if one is there;
+    /// reads nothing from the stream.
+    pub fn decode<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
+        let waiting = &self.buf[self.start..];
+        let Some(prefix) = waiting.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        let Some(body) = waiting.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let message = M::decode(body).map_err(|_| FrameError::Malformed)?;
+        self.start += 4 + len;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Ok(Some(message))
+    }
+
+    /// Reads more bytes from `reader` into the buffer. `Ok(false)` when
+    /// the stream has ended between frames; `Truncated` when it ended
+    /// inside one.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<bool, FrameError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(READ_CHUNK);
+        // `read_buf` is cancel-safe: the buffer grows only by what was read.
+        match reader.read_buf(&mut self.buf).await? {
+            0 if self.buf.is_empty() => Ok(false),
+            0 => Err(FrameError::Truncated),
+            _ => Ok(true),
+        }
+    }
+
+    /// The next frame, reading as needed; `Ok(None)` when the stream
+    /// ends cleanly between frames.
+    pub async fn next<M: Message + Default, R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<Option<M>, FrameError> {
+        loop {
+            if let Some(message) = self.decode()? {
+                return Ok(Some(message));
+            }
+            if !self.fill(reader).await? {
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -103,6 +149,7 @@ pub async fn pump<M: Message, W: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
     use hush_proto::relay::{Ack, ClientFrame, client_frame::Request};
 
@@ -117,46 +164,74 @@ mod tests {
         let mut bytes = Vec::new();
         encode(&frame, &mut bytes);
         encode(&frame, &mut bytes);
-        let mut reader = bytes.as_slice();
-        let mut buf = Vec::new();
+        let mut stream = bytes.as_slice();
+        let mut reader = Reader::new();
         assert_eq!(
-            read::<ClientFrame, _>(&mut reader, &mut buf)
+            reader
+                .next::<ClientFrame, _>(&mut stream)
                 .await
                 .expect("reads"),
             Some(frame.clone())
         );
         assert_eq!(
-            read::<ClientFrame, _>(&mut reader, &mut buf)
+            reader
+                .next::<ClientFrame, _>(&mut stream)
                 .await
                 .expect("reads"),
-            Some(frame)
+            Some(frame.clone())
         );
         assert_eq!(
-            read::<ClientFrame, _>(&mut reader, &mut buf)
+            reader
+                .next::<ClientFrame, _>(&mut stream)
                 .await
                 .expect("clean end"),
             None
         );
 
         let mut truncated = &bytes[..bytes.len() - 1];
-        read::<ClientFrame, _>(&mut truncated, &mut buf)
+        let mut reader = Reader::new();
+        reader
+            .next::<ClientFrame, _>(&mut truncated)
             .await
             .expect("first frame");
         assert!(matches!(
-            read::<ClientFrame, _>(&mut truncated, &mut buf).await,
+            reader.next::<ClientFrame, _>(&mut truncated).await,
             Err(FrameError::Truncated)
         ));
 
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert!(matches!(
-            read::<ClientFrame, _>(&mut &huge[..], &mut buf).await,
+            Reader::new().next::<ClientFrame, _>(&mut &huge[..]).await,
             Err(FrameError::TooLarge(_))
         ));
 
         let garbage = [0, 0, 0, 2, 0xff, 0xff];
         assert!(matches!(
-            read::<ClientFrame, _>(&mut &garbage[..], &mut buf).await,
+            Reader::new()
+                .next::<ClientFrame, _>(&mut &garbage[..])
+                .await,
             Err(FrameError::Malformed)
         ));
+
+        // Fed a byte at a time, with a read abandoned while it waits
+        // before each byte: nothing is lost or repeated.
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let mut reader = Reader::new();
+        let mut got = Vec::new();
+        for byte in &bytes {
+            tokio::select! {
+                biased;
+                filled = reader.fill(&mut rx) => panic!("nothing to read yet: {filled:?}"),
+                () = std::future::ready(()) => {}
+            }
+            tx.write_all(std::slice::from_ref(byte))
+                .await
+                .expect("writes");
+            assert!(reader.fill(&mut rx).await.expect("fills"));
+            while let Some(f) = reader.decode::<ClientFrame>().expect("decodes") {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, vec![frame.clone(), frame]);
     }
 }

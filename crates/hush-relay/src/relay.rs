@@ -3,7 +3,7 @@
 //! feeds frames in and writes what comes out.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,8 +121,9 @@ enum Work {
 /// A push to a connected device.
 #[derive(Clone, Debug)]
 pub enum Notification {
-    /// An envelope just committed to its queue by this relay.
-    Committed(Pushed),
+    /// Envelopes one commit of this relay just stored in the device's
+    /// queue, in sequence order.
+    Committed(Vec<Pushed>),
     /// Another relay committed to its queue: read the store.
     Wake,
 }
@@ -144,9 +145,15 @@ pub const MAX_ACK: usize = 4096;
 /// Capacity of a connection's notification buffer.
 const NOTIFY_CAPACITY: usize = 1024;
 
+/// Envelopes waiting in a connection's notification buffer at most; past
+/// it the connection reads from the store instead.
+const PUSH_BUFFER: usize = 4096;
+
 struct Online {
     connection: u64,
     notify: mpsc::Sender<Notification>,
+    /// Envelopes in `notify` not yet taken.
+    buffered: Arc<AtomicUsize>,
     /// Set when a notification could not be buffered: resync from store.
     overflowed: Arc<AtomicBool>,
     takeover: Option<oneshot::Sender<()>>,
@@ -168,23 +175,35 @@ impl Registry {
 }
 
 impl CommitListener for Registry {
-    fn committed(&self, c: Committed<'_>) {
+    fn committed(&self, commit: &[Committed<'_>]) {
         let Ok(online) = self.online.lock() else {
             return;
         };
         let now = Instant::now();
-        for ((device, slot), seq) in c.recipients.iter().zip(c.seqs) {
-            if let Some(o) = online.get(device) {
-                let notification = Notification::Committed(Pushed {
-                    seq: *seq,
-                    body: c.body.clone(),
-                    slot: *slot,
-                    expires_at: c.expires_at,
-                    committed: now,
-                });
-                if o.notify.try_send(notification).is_err() {
-                    o.overflowed.store(true, Ordering::Release);
+        // One notification per connected recipient per commit.
+        let mut pushes: HashMap<&DeviceKey, Vec<Pushed>> = HashMap::new();
+        for c in commit {
+            for ((device, slot), seq) in c.recipients.iter().zip(c.seqs) {
+                if online.contains_key(device) {
+                    pushes.entry(device).or_default().push(Pushed {
+                        seq: *seq,
+                        body: c.body.clone(),
+                        slot: *slot,
+                        expires_at: c.expires_at,
+                        committed: now,
+                    });
                 }
+            }
+        }
+        for (device, pushed) in pushes {
+            let Some(o) = online.get(device) else {
+                continue;
+            };
+            let n = pushed.len();
+            let room = o.buffered.fetch_add(n, Ordering::AcqRel) + n <= PUSH_BUFFER;
+            if !room || o.notify.try_send(Notification::Committed(pushed)).is_err() {
+                o.buffered.fetch_sub(n, Ordering::AcqRel);
+                o.overflowed.store(true, Ordering::Release);
             }
         }
     }
@@ -261,6 +280,8 @@ pub struct Connection {
     /// The device has paged to the end: new envelopes are pushed.
     live: bool,
     notifications: Option<mpsc::Receiver<Notification>>,
+    /// Envelopes waiting in `notifications`.
+    buffered: Arc<AtomicUsize>,
     overflowed: Arc<AtomicBool>,
     /// More is waiting than the last gap fill read.
     resync: bool,
@@ -457,6 +478,7 @@ impl<S: Store> Relay<S> {
             delivered: 0,
             live: false,
             notifications: None,
+            buffered: Arc::new(AtomicUsize::new(0)),
             overflowed: Arc::new(AtomicBool::new(false)),
             resync: false,
             retry_at: None,
@@ -576,6 +598,7 @@ impl<S: Store> Relay<S> {
             Err(e) => return store_error(id, e),
         };
         let (notify, notifications) = mpsc::channel(NOTIFY_CAPACITY);
+        let buffered = Arc::new(AtomicUsize::new(0));
         let (takeover_tx, takeover_rx) = oneshot::channel();
         let previous = match self.registry.online.lock() {
             Ok(mut online) => online.insert(
@@ -583,6 +606,7 @@ impl<S: Store> Relay<S> {
                 Online {
                     connection: conn.id,
                     notify,
+                    buffered: buffered.clone(),
                     overflowed: conn.overflowed.clone(),
                     takeover: Some(takeover_tx),
                 },
@@ -601,6 +625,7 @@ impl<S: Store> Relay<S> {
         }
         conn.device = Some(device);
         conn.notifications = Some(notifications);
+        conn.buffered = buffered;
         conn.takeover = Some(takeover_rx);
         conn.live = false;
         conn.delivered = 0;
@@ -823,19 +848,80 @@ impl<S: Store> Relay<S> {
         })
     }
 
-    /// Commits a validated send. Answers only after the envelope is
-    /// durable in every queue; the store has woken the recipients'
+    /// Commits a validated send or ack. Answers only after the envelope
+    /// is durable in every queue; the store has woken the recipients'
     /// connections by then (store before push, in commit order).
     pub async fn commit(&self, deferred: Deferred) -> proto::RelayFrame {
         let id = deferred.request_id;
-        let envelope = match deferred.work {
-            Work::Send(envelope) => envelope,
-            Work::Ack(device, seqs) => return self.commit_ack(id, device, seqs).await,
-        };
-        let message_id = envelope.message_id;
+        match self.commit_all(vec![deferred]).await.pop() {
+            Some(frame) => frame,
+            None => error(
+                id,
+                proto::ErrorCode::Internal,
+                "relay storage failure; retry",
+            ),
+        }
+    }
+
+    /// Commits validated sends and acks, answering each in the order
+    /// given. The sends go to the store together, so a burst of them
+    /// costs one store job (one transaction with SQLite); the acks go
+    /// alongside.
+    pub async fn commit_all(&self, deferred: Vec<Deferred>) -> Vec<proto::RelayFrame> {
+        let mut sends = Vec::new();
+        let mut sent = Vec::new();
+        let mut acks = Vec::new();
+        let mut is_send = Vec::with_capacity(deferred.len());
+        for d in deferred {
+            match d.work {
+                Work::Send(envelope) => {
+                    is_send.push(true);
+                    sent.push((d.request_id, envelope.message_id));
+                    sends.push(envelope);
+                }
+                Work::Ack(device, seqs) => {
+                    is_send.push(false);
+                    acks.push(self.commit_ack(d.request_id, device, seqs));
+                }
+            }
+        }
         let started = Instant::now();
-        let result = self.store.enqueue(envelope, self.limits.queue).await;
-        self.counters.commit_latency.observe(started.elapsed());
+        let enqueue = async {
+            if sends.is_empty() {
+                Vec::new()
+            } else {
+                self.store.enqueue_many(sends, self.limits.queue).await
+            }
+        };
+        let (results, acked) =
+            futures_util::future::join(enqueue, futures_util::future::join_all(acks)).await;
+        let latency = started.elapsed();
+        let mut sent_frames = sent
+            .into_iter()
+            .zip(results)
+            .map(|((id, message_id), result)| {
+                self.counters.commit_latency.observe(latency);
+                self.sent_frame(id, message_id, result)
+            });
+        let mut acked = acked.into_iter();
+        is_send
+            .into_iter()
+            .filter_map(|send| {
+                if send {
+                    sent_frames.next()
+                } else {
+                    acked.next()
+                }
+            })
+            .collect()
+    }
+
+    fn sent_frame(
+        &self,
+        id: u64,
+        message_id: MessageId,
+        result: Result<Enqueued, StoreError>,
+    ) -> proto::RelayFrame {
         match result {
             Ok(Enqueued::Stored(seqs)) => {
                 self.counters
@@ -942,21 +1028,34 @@ impl<S: Store> Relay<S> {
     /// or an overflowed notification buffer is filled from the store
     /// (read only: pushed envelopes are deleted by the device's ack).
     pub async fn deliver(&self, conn: &mut Connection, n: Notification) -> Vec<proto::RelayFrame> {
+        let pushes = match n {
+            Notification::Committed(pushes) => {
+                conn.buffered.fetch_sub(pushes.len(), Ordering::AcqRel);
+                pushes
+            }
+            Notification::Wake => Vec::new(),
+        };
         if !conn.live || conn.device.is_none() {
             return Vec::new();
         }
-        let n = match n {
-            Notification::Committed(n) => n,
-            Notification::Wake => return self.resync(conn).await,
-        };
-        let overflowed = conn.overflowed.swap(false, Ordering::AcqRel);
-        if n.seq == conn.delivered + 1 && !overflowed {
+        if pushes.is_empty() || conn.overflowed.swap(false, Ordering::AcqRel) {
+            return self.resync(conn).await;
+        }
+        let mut frames = Vec::with_capacity(pushes.len());
+        for n in pushes {
+            if n.seq <= conn.delivered {
+                continue;
+            }
+            if n.seq != conn.delivered + 1 {
+                // A gap: the store has it all, this one included.
+                frames.extend(self.resync(conn).await);
+                return frames;
+            }
             conn.delivered = n.seq;
             self.counters
                 .delivery_latency
                 .observe(n.committed.elapsed());
-            self.counters.envelopes_out.fetch_add(1, Ordering::Relaxed);
-            return vec![reply(
+            frames.push(reply(
                 0,
                 proto::relay_frame::Body::Deliver(proto::Envelope {
                     seq: n.seq,
@@ -964,12 +1063,12 @@ impl<S: Store> Relay<S> {
                     slot: n.slot.to_vec(),
                     expires_at: n.expires_at,
                 }),
-            )];
+            ));
         }
-        if n.seq <= conn.delivered && !overflowed {
-            return Vec::new();
-        }
-        self.resync(conn).await
+        self.counters
+            .envelopes_out
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        frames
     }
 
     /// Reads the next page after what this connection has delivered and

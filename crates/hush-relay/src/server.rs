@@ -14,13 +14,18 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::frame::{self, FrameError};
+use crate::frame;
 use crate::relay::{EXPORTER_LABEL, Event, Handled, Relay};
 use crate::store::Store;
 use crate::tls::Identity;
 
 /// The ALPN protocol id.
 pub const ALPN: &[u8] = b"hush/1";
+
+/// Sends and acks of one connection waiting for their commit at most;
+/// past it the relay reads nothing more from the connection until some
+/// are answered.
+pub const MAX_IN_FLIGHT: usize = 16_384;
 
 /// Application close codes (`spec/relay.md`, "Closing").
 pub mod close {
@@ -224,26 +229,6 @@ async fn connection<S: Store>(
         }
     };
 
-    // Reader: owns the receive side, so a frame is never cut in half by
-    // the select below.
-    let (frames_tx, mut frames) = mpsc::channel::<Result<proto::ClientFrame, FrameError>>(256);
-    let reader = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        loop {
-            match frame::read::<proto::ClientFrame, _>(&mut recv, &mut buf).await {
-                Ok(Some(f)) => {
-                    if frames_tx.send(Ok(f)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = frames_tx.send(Err(e)).await;
-                    break;
-                }
-            }
-        }
-    });
     // Writer: drains every frame waiting into one write.
     let (out, mut outgoing) = mpsc::channel::<proto::RelayFrame>(4096);
     let writer = tokio::spawn(async move {
@@ -255,29 +240,58 @@ async fn connection<S: Store>(
     });
 
     let mut state = relay.connect(exporter, Instant::now());
-    // Sends and acks commit concurrently, polled here: no task per request.
+    let mut reader = frame::Reader::new();
+    // Sends and acks commit concurrently, polled here: no task per
+    // request. Every frame one read brings is handled before the next
+    // read, and its sends and acks go to the store as one job.
     let mut commits = FuturesUnordered::new();
+    let mut in_flight = 0usize;
     let closing = loop {
         tokio::select! {
-            frame = frames.recv() => match frame {
-                // Request id 0 is reserved for pushes: a client sending it
-                // is broken, and an error answer would look like a push.
-                Some(Ok(frame)) if frame.request_id == 0 => {
-                    break Closing::Protocol("request_id 0 is reserved for pushes".into())
-                }
-                Some(Ok(frame)) => match relay.begin(&mut state, frame, Instant::now(), unix_now()).await {
-                    Handled::Done(reply) => {
-                        if out.send(reply).await.is_err() {
-                            break Closing::Gone;
+            // Past the in-flight bound, stop reading until commits finish:
+            // the client's flow control then holds it back.
+            filled = reader.fill(&mut recv), if in_flight < MAX_IN_FLIGHT => match filled {
+                Ok(true) => {
+                    let mut deferred = Vec::new();
+                    let mut stop = None;
+                    loop {
+                        match reader.decode::<proto::ClientFrame>() {
+                            Ok(None) => break,
+                            // Request id 0 is reserved for pushes: a client
+                            // sending it is broken, and an error answer would
+                            // look like a push.
+                            Ok(Some(frame)) if frame.request_id == 0 => {
+                                stop = Some(Closing::Protocol("request_id 0 is reserved for pushes".into()));
+                                break;
+                            }
+                            Ok(Some(frame)) => match relay.begin(&mut state, frame, Instant::now(), unix_now()).await {
+                                Handled::Done(reply) => {
+                                    if out.send(reply).await.is_err() {
+                                        stop = Some(Closing::Gone);
+                                        break;
+                                    }
+                                }
+                                Handled::Commit(pending) => deferred.push(pending),
+                            },
+                            Err(e) => {
+                                stop = Some(Closing::Protocol(e.to_string()));
+                                break;
+                            }
                         }
                     }
-                    Handled::Commit(pending) => {
+                    // What was accepted before a broken frame is still
+                    // committed and answered.
+                    if !deferred.is_empty() {
+                        in_flight += deferred.len();
                         let relay = relay.clone();
-                        commits.push(async move { relay.commit(pending).await });
+                        commits.push(async move { relay.commit_all(deferred).await });
                     }
-                },
-                Some(Err(e)) => break Closing::Protocol(e.to_string()),
-                None => break Closing::Finished,
+                    if let Some(closing) = stop {
+                        break closing;
+                    }
+                }
+                Ok(false) => break Closing::Finished,
+                Err(e) => break Closing::Protocol(e.to_string()),
             },
             event = state.next_event() => match event {
                 Event::Notified(n) => {
@@ -303,19 +317,23 @@ async fn connection<S: Store>(
                 Event::TakenOver => break Closing::TakenOver,
             },
             _ = shutdown.changed() => break Closing::Shutdown,
-            Some(reply) = commits.next(), if !commits.is_empty() => {
-                if out.send(reply).await.is_err() {
-                    break Closing::Gone;
+            Some(replies) = commits.next(), if !commits.is_empty() => {
+                in_flight -= replies.len();
+                for reply in replies {
+                    if out.send(reply).await.is_err() {
+                        break;
+                    }
                 }
             }
         }
     };
     // Every send taken in is committed and answered before closing.
-    while let Some(reply) = commits.next().await {
-        let _ = out.send(reply).await;
+    while let Some(replies) = commits.next().await {
+        for reply in replies {
+            let _ = out.send(reply).await;
+        }
     }
     relay.disconnect(&state);
-    reader.abort();
     drop(out);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     let (code, reason): (u32, String) = match closing {

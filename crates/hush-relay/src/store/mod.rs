@@ -135,8 +135,8 @@ pub struct Stats {
     pub devices_low_on_prekeys: u64,
 }
 
-/// What one commit stored: announced to the [`CommitListener`] right
-/// after the commit, before the sender is answered. With SQLite's single
+/// An envelope one commit stored: announced to the [`CommitListener`]
+/// right after the commit, before the sender is answered. With SQLite's single
 /// writer announcements come in commit order, so for any one queue in
 /// increasing sequence order; with PostgreSQL, concurrent commits may be
 /// announced out of order and the relay repairs gaps from the store.
@@ -153,8 +153,9 @@ pub struct Committed<'a> {
 
 /// Told about every commit (store before push: it runs after the commit).
 pub trait CommitListener: Send + Sync + 'static {
-    /// Called once per stored envelope, after its commit; must not block.
-    fn committed(&self, committed: Committed<'_>);
+    /// Called once per commit with every envelope it stored, in commit
+    /// order; must not block.
+    fn committed(&self, commit: &[Committed<'_>]);
 
     /// Another relay process committed to this device's queue (shared
     /// PostgreSQL): fetch from the store.
@@ -349,6 +350,22 @@ pub trait Store: Send + Sync + 'static {
         envelope: NewEnvelope,
         limits: QueueLimits,
     ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send;
+
+    /// Stores several envelopes, each in every recipient queue or in
+    /// none: one result per envelope, in order. The SQLite store commits
+    /// them in one transaction, as if one after another; by default they
+    /// are stored concurrently, in any order.
+    fn enqueue_many(
+        &self,
+        envelopes: Vec<NewEnvelope>,
+        limits: QueueLimits,
+    ) -> impl Future<Output = Vec<Result<Enqueued, StoreError>>> + Send {
+        futures_util::future::join_all(
+            envelopes
+                .into_iter()
+                .map(move |envelope| self.enqueue(envelope, limits)),
+        )
+    }
 
     /// Deletes envelopes with `seq <= after`, then returns up to `max`
     /// envelopes (and at most [`PAGE_MAX_BYTES`] of bodies, but always

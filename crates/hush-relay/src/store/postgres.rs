@@ -105,12 +105,12 @@ impl PgStore {
         if let Ok(slot) = self.listener.read()
             && let Some(listener) = slot.as_ref()
         {
-            listener.committed(Committed {
+            listener.committed(&[Committed {
                 recipients: &envelope.recipients,
                 seqs,
                 body: &envelope.body,
                 expires_at: envelope.expires_at,
-            });
+            }]);
         }
     }
 }
@@ -668,7 +668,7 @@ pub(crate) mod tests {
     struct Woken(std::sync::Mutex<Vec<DeviceKey>>);
 
     impl CommitListener for Woken {
-        fn committed(&self, _: Committed<'_>) {}
+        fn committed(&self, _: &[Committed<'_>]) {}
         fn wake(&self, device: &DeviceKey) {
             if let Ok(mut w) = self.0.lock() {
                 w.push(*device);
