@@ -96,6 +96,28 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU seconds per thread name (threads of one name summed).
+fn thread_cpu_secs(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ticks = std::fs::read_to_string(path.join("stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0);
+        *by_name.entry(name.trim().to_string()).or_insert(0.0) += ticks as f64 / 100.0;
+    }
+    by_name
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -266,6 +288,7 @@ async fn throughput() {
     // Measure the steady part: from 2 s to the end of sending.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = relay.child.id();
+    let threads0 = thread_cpu_secs(pid);
     let (d0, a0, t0, c0, b0) = (
         delivered.load(Ordering::Relaxed),
         acked.load(Ordering::Relaxed),
@@ -283,7 +306,19 @@ async fn throughput() {
         cpu_secs(pid),
         cpu_secs(std::process::id()),
     );
+    let threads1 = thread_cpu_secs(pid);
     let secs = (t1 - t0).as_secs_f64();
+    let per_thread: Vec<String> = threads1
+        .iter()
+        .map(|(name, c)| {
+            let used = c - threads0.get(name).copied().unwrap_or(0.0);
+            format!("{name} {:.1}", used * 1e6 / (d1 - d0).max(1) as f64)
+        })
+        .collect();
+    println!(
+        "throughput: relay CPU per envelope by thread, us: {}",
+        per_thread.join(", ")
+    );
     println!(
         "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x {WINDOW} in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
         (d1 - d0) as f64 / secs,

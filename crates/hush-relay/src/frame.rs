@@ -39,8 +39,11 @@ pub struct Reader {
     start: usize,
 }
 
-/// Bytes asked of the stream per read.
+/// Bytes asked of the stream per read inside a frame or a burst.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Buffer kept while waiting between frames.
+const IDLE_CAPACITY: usize = 2 * 1024;
 
 impl Reader {
     /// An empty reader.
@@ -65,7 +68,12 @@ impl Reader {
         let message = M::decode(body).map_err(|_| FrameError::Malformed)?;
         self.start += 4 + len;
         if self.start == self.buf.len() {
-            self.buf.clear();
+            // Nothing left: an idle connection keeps no large buffer.
+            if self.buf.capacity() > IDLE_CAPACITY {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
             self.start = 0;
         }
         Ok(Some(message))
@@ -79,7 +87,12 @@ impl Reader {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        self.buf.reserve(READ_CHUNK);
+        // Between frames, a small read; inside one (a burst), a large one.
+        self.buf.reserve(if self.buf.is_empty() {
+            IDLE_CAPACITY
+        } else {
+            READ_CHUNK
+        });
         // `read_buf` is cancel-safe: the buffer grows only by what was read.
         match reader.read_buf(&mut self.buf).await? {
             0 if self.buf.is_empty() => Ok(false),

@@ -209,7 +209,10 @@ impl SqliteStore {
             // to a new file; an existing one keeps its page size.)
             .page_size(16_384)
             // 64 MiB of page cache.
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // Statement journals (a multi-row statement's undo, for when it
+            // fails half-way) in memory, not in a temporary file.
+            .pragma("temp_store", "memory");
         let mut conn = SqliteConnection::connect_with(&connect).await?;
         prepare_schema(&mut conn).await?;
         let state = State::load(&mut conn, options).await?;
@@ -892,12 +895,21 @@ impl Writes {
                 arg(&mut args, data.as_slice())?;
                 arg(&mut args, *refs)?;
             }
-            insert(tx, "bodies (id, data, refs)", "(?,?,?)", n, args).await?;
+            execute(
+                tx,
+                insert_sql("bodies (id, data, refs)", "(?,?,?)", n),
+                args,
+            )
+            .await?;
         }
-        let mut rest = &self.rows[..];
-        for n in chunks(self.rows.len(), MAX_PARAMS / 7) {
-            let (chunk, tail) = rest.split_at(n);
-            rest = tail;
+        // With one row per message id (sends to one device each, the usual
+        // case), each chunk's queue rows and ids go in one round trip.
+        let paired = self.rows.len() == self.sent.len();
+        let mut rows = &self.rows[..];
+        let mut sent = &self.sent[..];
+        for n in chunks(self.rows.len(), MAX_PARAMS / 9) {
+            let (chunk, tail) = rows.split_at(n);
+            rows = tail;
             let mut args = SqliteArguments::default();
             for row in chunk {
                 let (inline, shared) = match &row.body {
@@ -912,32 +924,37 @@ impl Writes {
                 arg(&mut args, i64_of(row.size))?;
                 arg(&mut args, i64_of(row.expires_at))?;
             }
-            insert(
-                tx,
+            let mut sql = insert_sql(
                 "queue (device, seq, body, body_id, slot, size, expires_at)",
                 "(?,?,?,?,?,?,?)",
                 n,
-                args,
-            )
-            .await?;
+            );
+            if paired {
+                let (ids, tail) = sent.split_at(n);
+                sent = tail;
+                sql.push(';');
+                sql.push_str(&insert_sql(
+                    "sent_messages (message_id, expires_at)",
+                    "(?,?)",
+                    n,
+                ));
+                for (id, expires_at) in ids {
+                    arg(&mut args, &id[..])?;
+                    arg(&mut args, i64_of(*expires_at))?;
+                }
+            }
+            execute(tx, sql, args).await?;
         }
-        let mut rest = &self.sent[..];
-        for n in chunks(self.sent.len(), MAX_PARAMS / 2) {
-            let (chunk, tail) = rest.split_at(n);
-            rest = tail;
+        for n in chunks(sent.len(), MAX_PARAMS / 2) {
+            let (chunk, tail) = sent.split_at(n);
+            sent = tail;
             let mut args = SqliteArguments::default();
             for (id, expires_at) in chunk {
                 arg(&mut args, &id[..])?;
                 arg(&mut args, i64_of(*expires_at))?;
             }
-            insert(
-                tx,
-                "sent_messages (message_id, expires_at)",
-                "(?,?)",
-                n,
-                args,
-            )
-            .await?;
+            let sql = insert_sql("sent_messages (message_id, expires_at)", "(?,?)", n);
+            execute(tx, sql, args).await?;
         }
         // Save the next sequence number of every queue that may empty.
         let mut saves = Vec::new();
@@ -961,9 +978,7 @@ impl Writes {
                 arg(&mut args, *id)?;
                 arg(&mut args, i64_of(*seq))?;
             }
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
-                .execute(&mut **tx)
-                .await?;
+            execute(tx, sql, args).await?;
         }
         // All deletions at once: count what each request takes, then
         // delete it. The runs travel as one JSON array, so the statement
@@ -1033,15 +1048,14 @@ fn chunks(n: usize, max: usize) -> impl Iterator<Item = usize> {
 }
 
 /// `INSERT INTO {table} VALUES` with `n` copies of `group`.
-async fn insert(
-    tx: &mut Tx<'_>,
-    table: &str,
-    group: &str,
-    n: usize,
-    args: SqliteArguments,
-) -> Result<(), StoreError> {
+fn insert_sql(table: &str, group: &str, n: usize) -> String {
     let mut sql = format!("INSERT INTO {table} VALUES ");
     push_marks(&mut sql, n, group);
+    sql
+}
+
+/// Runs statements that return no rows (prepared once per text).
+async fn execute(tx: &mut Tx<'_>, sql: String, args: SqliteArguments) -> Result<(), StoreError> {
     sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
         .execute(&mut **tx)
         .await?;
