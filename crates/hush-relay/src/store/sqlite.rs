@@ -895,7 +895,7 @@ impl Writes {
                 arg(&mut args, data.as_slice())?;
                 arg(&mut args, *refs)?;
             }
-            execute(
+            run_sql(
                 tx,
                 insert_sql("bodies (id, data, refs)", "(?,?,?)", n),
                 args,
@@ -943,7 +943,7 @@ impl Writes {
                     arg(&mut args, i64_of(*expires_at))?;
                 }
             }
-            execute(tx, sql, args).await?;
+            run_sql(tx, sql, args).await?;
         }
         for n in chunks(sent.len(), MAX_PARAMS / 2) {
             let (chunk, tail) = sent.split_at(n);
@@ -954,7 +954,7 @@ impl Writes {
                 arg(&mut args, i64_of(*expires_at))?;
             }
             let sql = insert_sql("sent_messages (message_id, expires_at)", "(?,?)", n);
-            execute(tx, sql, args).await?;
+            run_sql(tx, sql, args).await?;
         }
         // Save the next sequence number of every queue that may empty.
         let mut saves = Vec::new();
@@ -978,7 +978,7 @@ impl Writes {
                 arg(&mut args, *id)?;
                 arg(&mut args, i64_of(*seq))?;
             }
-            execute(tx, sql, args).await?;
+            run_sql(tx, sql, args).await?;
         }
         // All deletions at once: count what each request takes, then
         // delete it. The runs travel as one JSON array, so the statement
@@ -1055,7 +1055,7 @@ fn insert_sql(table: &str, group: &str, n: usize) -> String {
 }
 
 /// Runs statements that return no rows (prepared once per text).
-async fn execute(tx: &mut Tx<'_>, sql: String, args: SqliteArguments) -> Result<(), StoreError> {
+async fn run_sql(tx: &mut Tx<'_>, sql: String, args: SqliteArguments) -> Result<(), StoreError> {
     sqlx::query_with(sqlx::AssertSqlSafe(sql), args)
         .execute(&mut **tx)
         .await?;
@@ -1518,6 +1518,46 @@ pub(crate) mod tests {
                 (7, true),
                 (7, true)
             ]
+        );
+    }
+
+    /// Bodies of every size, alone or shared, empty ones included, come
+    /// back byte for byte from one batch.
+    #[tokio::test]
+    async fn bodies_come_back_exactly() {
+        let store = open("bodies_come_back_exactly").await;
+        let (a, b) = ([1; 32], [2; 32]);
+        for d in [a, b] {
+            store
+                .register(d, suite::upload(0))
+                .await
+                .expect("registers");
+        }
+        let limits = QueueLimits {
+            max_envelopes: 1_000,
+            max_bytes: 1 << 30,
+        };
+        let sizes = [0usize, 1, 47, 256, 0, 4096, 65_536, 3];
+        let envelopes: Vec<NewEnvelope> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let body: Vec<u8> = (0..*size).map(|j| (i * 31 + j) as u8).collect();
+                let to: &[DeviceKey] = if i % 3 == 0 { &[a, b] } else { &[a] };
+                suite::envelope(i as u8, &body, to)
+            })
+            .collect();
+        let results = store.enqueue_many(envelopes.clone(), limits).await;
+        assert!(results.iter().all(|r| matches!(r, Ok(Enqueued::Stored(_)))));
+        let page = store.read(a, 0, 100).await.expect("reads");
+        let got: Vec<&Vec<u8>> = page.envelopes.iter().map(|e| &e.body).collect();
+        let sent: Vec<&Vec<u8>> = envelopes.iter().map(|e| e.body.as_ref()).collect();
+        assert_eq!(got, sent);
+        assert!(page.envelopes.iter().all(|e| e.slot == [1; 48]));
+        assert_eq!(
+            store.stats().await.map(|s| s.queued_bytes),
+            Ok(sizes.iter().map(|s| *s as u64 + 48).sum::<u64>()
+                + [0, 3, 6].iter().map(|i| sizes[*i] as u64 + 48).sum::<u64>())
         );
     }
 
