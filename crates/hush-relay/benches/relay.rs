@@ -229,10 +229,9 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e6
 }
 
-/// Sends each throughput sender keeps in flight.
-const WINDOW: usize = 2048;
-
-async fn throughput() {
+/// Saturation throughput: two senders, each keeping `window` sends in
+/// flight, to four live receivers that ack what they get.
+async fn throughput(window: usize) {
     let relay = start_relay("throughput");
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
     let start = Instant::now();
@@ -261,24 +260,24 @@ async fn throughput() {
         let acked = acked.clone();
         senders.push(tokio::spawn(async move {
             let mut n = 0u64;
-            let mut window = std::collections::VecDeque::new();
+            let mut in_flight = std::collections::VecDeque::new();
             while start.elapsed() < duration {
                 let to = &receivers[(n % receivers.len() as u64) as usize];
-                window.push_back(
+                in_flight.push_back(
                     client
                         .start(send((s << 40) | n, body(0), to))
                         .await
                         .unwrap(),
                 );
                 n += 1;
-                if window.len() >= WINDOW
-                    && let Some(a) = window.pop_front()
+                if in_flight.len() >= window
+                    && let Some(a) = in_flight.pop_front()
                     && matches!(client.finish(a).await, Ok(Body::Sent(_)))
                 {
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            for a in window {
+            for a in in_flight {
                 if matches!(client.finish(a).await, Ok(Body::Sent(_))) {
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
@@ -320,7 +319,7 @@ async fn throughput() {
         per_thread.join(", ")
     );
     println!(
-        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x {WINDOW} in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
+        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x {window} in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
         (d1 - d0) as f64 / secs,
         (a1 - a0) as f64 / secs,
         (c1 - c0) / secs,
@@ -624,7 +623,8 @@ async fn main() {
         .unwrap_or_default();
     let run = |name: &str| filter.is_empty() || filter == name;
     if run("throughput") {
-        throughput().await;
+        throughput(2_048).await;
+        throughput(8_192).await;
     }
     if run("latency") {
         latency().await;
