@@ -96,6 +96,52 @@ impl Bucket {
             at: now,
         }
     }
+
+    /// Whether the bucket has refilled completely by `now` (and so is
+    /// the same as a new one).
+    fn is_full(&self, burst: u32, refill: Duration, now: Instant) -> bool {
+        let per_sec = 1.0 / refill.as_secs_f64().max(1e-9);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * per_sec >= f64::from(burst)
+    }
+}
+
+/// Per-target buckets. A full bucket is the same as none, so full ones
+/// are dropped whenever the table has doubled since the last sweep:
+/// memory follows the targets fetched in the last refill period, not
+/// every key ever asked for.
+struct TargetBuckets {
+    buckets: HashMap<DeviceKey, Bucket>,
+    sweep_at: usize,
+}
+
+impl TargetBuckets {
+    /// The table size that triggers the first sweep.
+    const FIRST_SWEEP: usize = 1024;
+
+    fn new() -> Self {
+        Self {
+            buckets: HashMap::new(),
+            sweep_at: Self::FIRST_SWEEP,
+        }
+    }
+
+    fn take(
+        &mut self,
+        target: DeviceKey,
+        burst: u32,
+        refill: Duration,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if self.buckets.len() >= self.sweep_at {
+            self.buckets.retain(|_, b| !b.is_full(burst, refill, now));
+            self.sweep_at = (2 * self.buckets.len()).max(Self::FIRST_SWEEP);
+        }
+        self.buckets
+            .entry(target)
+            .or_insert_with(|| Bucket::full(burst, now))
+            .take(burst, refill, now)
+    }
 }
 
 /// What [`Relay::begin`] made of a request.
@@ -264,7 +310,7 @@ pub struct Relay<S: Store> {
     store: S,
     limits: Limits,
     registry: Arc<Registry>,
-    targets: Mutex<HashMap<DeviceKey, Bucket>>,
+    targets: Mutex<TargetBuckets>,
     next_connection: AtomicU64,
     /// Counters for metrics.
     pub counters: Counters,
@@ -446,7 +492,7 @@ impl<S: Store> Relay<S> {
             store,
             limits,
             registry,
-            targets: Mutex::new(HashMap::new()),
+            targets: Mutex::new(TargetBuckets::new()),
             next_connection: AtomicU64::new(1),
             counters: Counters::default(),
         }
@@ -460,6 +506,11 @@ impl<S: Store> Relay<S> {
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Per-target bundle-fetch buckets held now.
+    pub fn target_buckets(&self) -> usize {
+        self.targets.lock().map(|t| t.buckets.len()).unwrap_or(0)
     }
 
     /// Devices connected and authenticated now.
@@ -712,11 +763,11 @@ impl<S: Store> Relay<S> {
         };
         let (burst, refill) = (self.limits.bundle_burst, self.limits.bundle_refill);
         let limited = conn.bundles.take(burst, refill, now).err().or_else(|| {
-            let mut targets = self.targets.lock().ok()?;
-            let bucket = targets
-                .entry(target)
-                .or_insert_with(|| Bucket::full(burst, now));
-            bucket.take(burst, refill, now).err()
+            self.targets
+                .lock()
+                .ok()?
+                .take(target, burst, refill, now)
+                .err()
         });
         if let Some(wait) = limited {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);

@@ -299,6 +299,63 @@ async fn bundle_fetches_are_rate_limited() {
     assert_eq!(relay.counters.rate_limited.load(Ordering::Relaxed), 2);
 }
 
+/// Buckets of targets nobody fetched for a refill period are dropped:
+/// asking for many keys does not grow the relay's memory for good.
+#[tokio::test]
+async fn per_target_buckets_are_dropped_once_refilled() {
+    let limits = Limits {
+        bundle_burst: 1_000_000,
+        bundle_refill: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let relay = relay("target_buckets", limits).await;
+    let start = Instant::now();
+    let mut conn = relay.connect([7; 32], start);
+    for i in 0..5_000u32 {
+        let mut target = [0u8; 32];
+        target[..4].copy_from_slice(&i.to_be_bytes());
+        let frames = relay
+            .handle(
+                &mut conn,
+                proto::ClientFrame {
+                    request_id: u64::from(i) + 1,
+                    request: Some(Request::FetchBundle(proto::FetchBundle {
+                        device_key: target.to_vec(),
+                    })),
+                },
+                start,
+                1_000,
+            )
+            .await;
+        assert_eq!(
+            code(frames[0].body.as_ref().expect("body")),
+            Some(proto::ErrorCode::UnknownDevice)
+        );
+    }
+    assert!(relay.target_buckets() >= 4_000, "all recent: kept");
+    // Later every one of those has refilled: when the table has doubled
+    // (8,192), they are dropped and only the recent ones stay.
+    let later = start + Duration::from_secs(2);
+    for i in 0..4_000u32 {
+        let mut target = [1u8; 32];
+        target[..4].copy_from_slice(&i.to_be_bytes());
+        relay
+            .handle(
+                &mut conn,
+                proto::ClientFrame {
+                    request_id: 10_000 + u64::from(i),
+                    request: Some(Request::FetchBundle(proto::FetchBundle {
+                        device_key: target.to_vec(),
+                    })),
+                },
+                later,
+                1_000,
+            )
+            .await;
+    }
+    assert_eq!(relay.target_buckets(), 4_000);
+}
+
 #[tokio::test]
 async fn offline_send_then_page_then_live_push_in_order() {
     let relay = relay("delivery", Limits::default()).await;
