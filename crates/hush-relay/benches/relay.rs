@@ -8,7 +8,9 @@
 //! 5. the SQLite store alone, without QUIC: envelopes/s enqueued and
 //!    acked through `SqliteStore` (what the relay's single writer can do).
 //!
-//! `cargo bench -p hush-relay --bench relay [-- throughput|latency|drain|memory|store]`
+//! 6. the same end-to-end throughput with PostgreSQL as the store.
+//!
+//! `cargo bench -p hush-relay --bench relay [-- throughput|latency|drain|memory|store|pg]`
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -39,6 +41,11 @@ impl Drop for Relay {
 }
 
 fn start_relay(name: &str) -> Relay {
+    start_relay_on(name, None)
+}
+
+/// The relay on SQLite, or on the PostgreSQL database `database`.
+fn start_relay_on(name: &str, database: Option<&str>) -> Relay {
     let bin = env!("CARGO_BIN_EXE_hush-relay");
     let data = std::env::temp_dir().join(format!("hush-bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
@@ -58,15 +65,19 @@ fn start_relay(name: &str) -> Relay {
     // Generous limits: the benchmark measures the relay, not its rate limiter.
     std::fs::write(&config, "send_burst = 1000000\nsend_refill_micros = 1\n").unwrap();
     let log = std::fs::File::create(data.join("relay.log")).unwrap();
+    let mut args = vec![
+        "--config".to_string(),
+        config.to_str().unwrap().to_string(),
+        "--data".to_string(),
+        data.to_str().unwrap().to_string(),
+        "--listen".to_string(),
+        addr.to_string(),
+    ];
+    if let Some(url) = database {
+        args.extend(["--database".to_string(), url.to_string()]);
+    }
     let child = Command::new(bin)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &addr.to_string(),
-        ])
+        .args(&args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -231,8 +242,13 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 /// Saturation throughput: two senders, each keeping `window` sends in
 /// flight, to four live receivers that ack what they get.
-async fn throughput(window: usize) {
-    let relay = start_relay("throughput");
+async fn throughput(window: usize, database: Option<&str>) {
+    let store = if database.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let relay = start_relay_on("throughput", database);
     let mut rng = ChaCha20Rng::from_seed([1; 32]);
     let start = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -315,11 +331,11 @@ async fn throughput(window: usize) {
         })
         .collect();
     println!(
-        "throughput: relay CPU per envelope by thread, us: {}",
+        "throughput ({store}): relay CPU per envelope by thread, us: {}",
         per_thread.join(", ")
     );
     println!(
-        "throughput: {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x {window} in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
+        "throughput ({store}): {:.0} envelopes/s end to end (delivered and acked), {:.0} sends/s acked by the relay (2 senders x {window} in flight, 4 live receivers, 256-byte bodies); relay CPU {:.2} cores = {:.1} us per envelope, load generator {:.2} cores",
         (d1 - d0) as f64 / secs,
         (a1 - a0) as f64 / secs,
         (c1 - c0) / secs,
@@ -623,8 +639,14 @@ async fn main() {
         .unwrap_or_default();
     let run = |name: &str| filter.is_empty() || filter == name;
     if run("throughput") {
-        throughput(2_048).await;
-        throughput(8_192).await;
+        throughput(2_048, None).await;
+        throughput(8_192, None).await;
+    }
+    // Against a fresh database on the PostgreSQL server `.ci/test` uses
+    // (or `HUSH_TEST_DATABASE_URL`).
+    if run("pg") {
+        let url = hush_relay::testing::test_database().await;
+        throughput(2_048, Some(&url)).await;
     }
     if run("latency") {
         latency().await;

@@ -274,7 +274,7 @@ pub(crate) fn bound_page(rows: Vec<StoredEnvelope>, max: u32) -> Page {
 }
 
 /// Storage failures.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
     /// Some recipient devices are not registered; nothing was stored.
     #[error("{} unknown recipient device(s)", .0.len())]

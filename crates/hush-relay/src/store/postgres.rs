@@ -101,16 +101,20 @@ impl PgStore {
         })
     }
 
-    fn announce(&self, envelope: &NewEnvelope, seqs: &[u64]) {
+    fn announce(&self, stored: &[(&NewEnvelope, Vec<u64>)]) {
         if let Ok(slot) = self.listener.read()
             && let Some(listener) = slot.as_ref()
         {
-            listener.committed(&[Committed {
-                recipients: &envelope.recipients,
-                seqs,
-                body: &envelope.body,
-                expires_at: envelope.expires_at,
-            }]);
+            let commit: Vec<Committed<'_>> = stored
+                .iter()
+                .map(|(envelope, seqs)| Committed {
+                    recipients: &envelope.recipients,
+                    seqs,
+                    body: &envelope.body,
+                    expires_at: envelope.expires_at,
+                })
+                .collect();
+            listener.committed(&commit);
         }
     }
 }
@@ -289,39 +293,35 @@ impl PgStore {
         }))
     }
 
+    /// Stores a burst of envelopes in one transaction, each in every
+    /// recipient queue or in none, as if one after another in order.
+    /// Recipient rows are locked in key order (no deadlock with other
+    /// bursts), message ids are recorded last: if another relay recorded
+    /// one of them meanwhile, the whole burst is a conflict and is retried
+    /// (and then sees it as a duplicate).
     async fn enqueue_once(
         &self,
-        envelope: NewEnvelope,
+        envelopes: &[NewEnvelope],
         limits: QueueLimits,
-    ) -> Result<Enqueued, StoreError> {
+    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let fresh = sqlx::query("INSERT INTO sent_messages (message_id, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(&envelope.message_id[..])
-            .bind(i64_of(envelope.expires_at))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-        if !fresh {
-            return Ok(Enqueued::Duplicate);
-        }
-        let keys: Vec<Vec<u8>> = envelope
-            .recipients
+        let mut keys: Vec<Vec<u8>> = envelopes
             .iter()
-            .map(|(d, _)| d.to_vec())
+            .flat_map(|e| e.recipients.iter().map(|(d, _)| d.to_vec()))
             .collect();
-        let rows = sqlx::query(
+        keys.sort_unstable();
+        keys.dedup();
+        let mut queues = std::collections::HashMap::new();
+        for row in sqlx::query(
             "SELECT device_key, next_seq, queued_count, queued_bytes FROM devices
              WHERE device_key = ANY($1) ORDER BY device_key FOR UPDATE",
         )
         .bind(&keys)
         .fetch_all(&mut *tx)
-        .await?;
-        let size = envelope.body.len() as u64 + 48;
-        let mut state = std::collections::HashMap::new();
-        for row in &rows {
+        .await?
+        {
             let key: DeviceKey = fixed(row.try_get::<&[u8], _>(0)?)?;
-            state.insert(
+            queues.insert(
                 key,
                 (
                     u64_of(row.try_get(1)?),
@@ -330,76 +330,167 @@ impl PgStore {
                 ),
             );
         }
-        let unknown: Vec<DeviceKey> = envelope
-            .recipients
-            .iter()
-            .filter(|(d, _)| !state.contains_key(d))
-            .map(|(d, _)| *d)
-            .collect();
-        if !unknown.is_empty() {
-            return Err(StoreError::UnknownDevices(unknown));
+        let ids: Vec<Vec<u8>> = envelopes.iter().map(|e| e.message_id.to_vec()).collect();
+        let mut recorded = std::collections::HashSet::new();
+        for row in sqlx::query("SELECT message_id FROM sent_messages WHERE message_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            recorded.insert(fixed::<16>(row.try_get::<&[u8], _>(0)?)?);
         }
-        let full: Vec<DeviceKey> = envelope
-            .recipients
-            .iter()
-            .filter(|(d, _)| {
-                state.get(d).is_some_and(|(_, count, bytes)| {
-                    count + 1 > limits.max_envelopes || bytes + size > limits.max_bytes
+
+        let mut results = Vec::with_capacity(envelopes.len());
+        let mut stored: Vec<(&NewEnvelope, Vec<u64>)> = Vec::new();
+        for envelope in envelopes {
+            if !recorded.insert(envelope.message_id) {
+                results.push(Ok(Enqueued::Duplicate));
+                continue;
+            }
+            let unknown: Vec<DeviceKey> = envelope
+                .recipients
+                .iter()
+                .filter(|(d, _)| !queues.contains_key(d))
+                .map(|(d, _)| *d)
+                .collect();
+            let size = envelope.body.len() as u64 + 48;
+            let full: Vec<DeviceKey> = envelope
+                .recipients
+                .iter()
+                .filter(|(d, _)| {
+                    queues.get(d).is_some_and(|(_, count, bytes)| {
+                        count + 1 > limits.max_envelopes || bytes + size > limits.max_bytes
+                    })
                 })
-            })
-            .map(|(d, _)| *d)
-            .collect();
-        if !full.is_empty() {
-            return Err(StoreError::Quota(full));
+                .map(|(d, _)| *d)
+                .collect();
+            if !unknown.is_empty() || !full.is_empty() {
+                // A rejected id is not recorded: it may come again.
+                recorded.remove(&envelope.message_id);
+                results.push(Err(if unknown.is_empty() {
+                    StoreError::Quota(full)
+                } else {
+                    StoreError::UnknownDevices(unknown)
+                }));
+                continue;
+            }
+            let mut seqs = Vec::with_capacity(envelope.recipients.len());
+            for (device, _) in &envelope.recipients {
+                if let Some((next, count, bytes)) = queues.get_mut(device) {
+                    *next += 1;
+                    *count += 1;
+                    *bytes += size;
+                    seqs.push(*next);
+                }
+            }
+            results.push(Ok(Enqueued::Stored(seqs.clone())));
+            stored.push((envelope, seqs));
         }
-        let body_id: i64 =
-            sqlx::query("INSERT INTO bodies (data, refs) VALUES ($1, $2) RETURNING id")
-                .bind(envelope.body.as_slice())
-                .bind(envelope.recipients.len() as i64)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-        let seqs: Vec<u64> = envelope
-            .recipients
-            .iter()
-            .map(|(d, _)| state.get(d).map_or(0, |(next, _, _)| next + 1))
-            .collect();
-        let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO queue (device_key, seq, body_id, slot, size, expires_at) ",
-        );
-        q.push_values(
-            envelope.recipients.iter().zip(&seqs),
-            |mut b, ((device, slot), seq)| {
-                b.push_bind(device.to_vec())
-                    .push_bind(i64_of(*seq))
-                    .push_bind(body_id)
-                    .push_bind(slot.to_vec())
-                    .push_bind(i64_of(size))
-                    .push_bind(i64_of(envelope.expires_at));
-            },
-        );
-        q.build().execute(&mut *tx).await?;
-        sqlx::query(
-            "UPDATE devices SET next_seq = next_seq + 1, queued_count = queued_count + 1,
-                                queued_bytes = queued_bytes + $2
-             WHERE device_key = ANY($1)",
+        if stored.is_empty() {
+            tx.commit().await?;
+            return Ok(results);
+        }
+
+        let body_ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('bodies', 'id')) FROM generate_series(1, $1)",
         )
-        .bind(&keys)
-        .bind(i64_of(size))
+        .bind(stored.len() as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if body_ids.len() != stored.len() {
+            return Err(StoreError::Backend("body ids not allocated".into()));
+        }
+        let bodies: Vec<&[u8]> = stored.iter().map(|(e, _)| e.body.as_slice()).collect();
+        let refs: Vec<i64> = stored
+            .iter()
+            .map(|(e, _)| e.recipients.len() as i64)
+            .collect();
+        sqlx::query("INSERT INTO bodies (id, data, refs) SELECT * FROM UNNEST($1::bigint[], $2::bytea[], $3::bigint[])")
+            .bind(&body_ids)
+            .bind(&bodies)
+            .bind(&refs)
+            .execute(&mut *tx)
+            .await?;
+        let (mut q_device, mut q_seq, mut q_body, mut q_slot, mut q_size, mut q_expires) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for ((envelope, seqs), body_id) in stored.iter().zip(&body_ids) {
+            for ((device, slot), seq) in envelope.recipients.iter().zip(seqs) {
+                q_device.push(&device[..]);
+                q_seq.push(i64_of(*seq));
+                q_body.push(*body_id);
+                q_slot.push(&slot[..]);
+                q_size.push(i64_of(envelope.body.len() as u64 + 48));
+                q_expires.push(i64_of(envelope.expires_at));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO queue (device_key, seq, body_id, slot, size, expires_at)
+             SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[], $6::bigint[])",
+        )
+        .bind(&q_device)
+        .bind(&q_seq)
+        .bind(&q_body)
+        .bind(&q_slot)
+        .bind(&q_size)
+        .bind(&q_expires)
         .execute(&mut *tx)
         .await?;
+        let (mut d_key, mut d_next, mut d_count, mut d_bytes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (key, (next, count, bytes)) in &queues {
+            d_key.push(&key[..]);
+            d_next.push(i64_of(*next));
+            d_count.push(i64_of(*count));
+            d_bytes.push(i64_of(*bytes));
+        }
+        sqlx::query(
+            "UPDATE devices SET next_seq = v.next_seq, queued_count = v.queued_count,
+                                queued_bytes = v.queued_bytes
+             FROM UNNEST($1::bytea[], $2::bigint[], $3::bigint[], $4::bigint[])
+                  AS v(device_key, next_seq, queued_count, queued_bytes)
+             WHERE devices.device_key = v.device_key",
+        )
+        .bind(&d_key)
+        .bind(&d_next)
+        .bind(&d_count)
+        .bind(&d_bytes)
+        .execute(&mut *tx)
+        .await?;
+        let new_ids: Vec<&[u8]> = stored.iter().map(|(e, _)| &e.message_id[..]).collect();
+        let expiries: Vec<i64> = stored.iter().map(|(e, _)| i64_of(e.expires_at)).collect();
+        let inserted = sqlx::query(
+            "INSERT INTO sent_messages (message_id, expires_at)
+             SELECT * FROM UNNEST($1::bytea[], $2::bigint[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&new_ids)
+        .bind(&expiries)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted != stored.len() as u64 {
+            // Another relay recorded one of these ids since we looked.
+            return Err(StoreError::Conflict(
+                "a message id was recorded concurrently".into(),
+            ));
+        }
         // Delivered by PostgreSQL only if this transaction commits.
-        for chunk in keys.chunks(100) {
-            let devices: Vec<String> = chunk.iter().map(hex::encode).collect();
+        let touched: Vec<String> = d_key.iter().map(hex::encode).collect();
+        for chunk in touched.chunks(100) {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
-                .bind(format!("{} {}", self.instance, devices.join(",")))
+                .bind(format!("{} {}", self.instance, chunk.join(",")))
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        self.announce(&envelope, &seqs);
-        Ok(Enqueued::Stored(seqs))
+        self.announce(&stored);
+        Ok(results)
     }
 
     async fn page_once(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
@@ -443,7 +534,22 @@ impl Store for PgStore {
         envelope: NewEnvelope,
         limits: QueueLimits,
     ) -> Result<Enqueued, StoreError> {
-        retry(|| self.enqueue_once(envelope.clone(), limits)).await
+        let envelopes = [envelope];
+        retry(|| self.enqueue_once(&envelopes, limits))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("no outcome for the send".into())))
+    }
+
+    async fn enqueue_many(
+        &self,
+        envelopes: Vec<NewEnvelope>,
+        limits: QueueLimits,
+    ) -> Vec<Result<Enqueued, StoreError>> {
+        match retry(|| self.enqueue_once(&envelopes, limits)).await {
+            Ok(results) => results,
+            Err(e) => envelopes.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn page(&self, device: DeviceKey, after: u64, max: u32) -> Result<Page, StoreError> {
@@ -643,6 +749,11 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn expiry_sweeps_envelopes_and_ids() {
         suite::expiry_sweeps_envelopes_and_ids(open().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_bodies_comes_back_exactly() {
+        suite::a_burst_of_bodies_comes_back_exactly(open().await).await;
     }
 
     #[tokio::test]

@@ -340,7 +340,7 @@ impl Store for SqliteStore {
         match self.call(Op::Enqueue(envelopes, limits)).await {
             Ok(Answer::Enqueued(results)) if results.len() == n => results,
             Ok(_) => (0..n).map(|_| Err(unexpected())).collect(),
-            Err(e) => (0..n).map(|_| Err(e.clone_kind())).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
         }
     }
 
@@ -582,7 +582,7 @@ async fn writer(
                     }
                 }
             }
-            Err(e) => failed.extend(batch.into_iter().map(|job| (job, e.clone_kind()))),
+            Err(e) => failed.extend(batch.into_iter().map(|job| (job, e.clone()))),
         }
         // Failures are answered after the successes that committed
         // before them; nothing was stored for them, so nothing to announce.
@@ -613,18 +613,6 @@ async fn attempt(
         *state = State::load(conn, options).await.ok();
     }
     result
-}
-
-impl StoreError {
-    fn clone_kind(&self) -> StoreError {
-        match self {
-            StoreError::UnknownDevices(d) => StoreError::UnknownDevices(d.clone()),
-            StoreError::Quota(d) => StoreError::Quota(d.clone()),
-            StoreError::Backend(m) => StoreError::Backend(m.clone()),
-            StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
-            StoreError::Closed => StoreError::Closed,
-        }
-    }
 }
 
 type Tx<'c> = Transaction<'c, Sqlite>;
@@ -1521,44 +1509,9 @@ pub(crate) mod tests {
         );
     }
 
-    /// Bodies of every size, alone or shared, empty ones included, come
-    /// back byte for byte from one batch.
     #[tokio::test]
-    async fn bodies_come_back_exactly() {
-        let store = open("bodies_come_back_exactly").await;
-        let (a, b) = ([1; 32], [2; 32]);
-        for d in [a, b] {
-            store
-                .register(d, suite::upload(0))
-                .await
-                .expect("registers");
-        }
-        let limits = QueueLimits {
-            max_envelopes: 1_000,
-            max_bytes: 1 << 30,
-        };
-        let sizes = [0usize, 1, 47, 256, 0, 4096, 65_536, 3];
-        let envelopes: Vec<NewEnvelope> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, size)| {
-                let body: Vec<u8> = (0..*size).map(|j| (i * 31 + j) as u8).collect();
-                let to: &[DeviceKey] = if i % 3 == 0 { &[a, b] } else { &[a] };
-                suite::envelope(i as u8, &body, to)
-            })
-            .collect();
-        let results = store.enqueue_many(envelopes.clone(), limits).await;
-        assert!(results.iter().all(|r| matches!(r, Ok(Enqueued::Stored(_)))));
-        let page = store.read(a, 0, 100).await.expect("reads");
-        let got: Vec<&Vec<u8>> = page.envelopes.iter().map(|e| &e.body).collect();
-        let sent: Vec<&Vec<u8>> = envelopes.iter().map(|e| e.body.as_ref()).collect();
-        assert_eq!(got, sent);
-        assert!(page.envelopes.iter().all(|e| e.slot == [1; 48]));
-        assert_eq!(
-            store.stats().await.map(|s| s.queued_bytes),
-            Ok(sizes.iter().map(|s| *s as u64 + 48).sum::<u64>()
-                + [0, 3, 6].iter().map(|i| sizes[*i] as u64 + 48).sum::<u64>())
-        );
+    async fn a_burst_of_bodies_comes_back_exactly() {
+        suite::a_burst_of_bodies_comes_back_exactly(open("burst_of_bodies").await).await;
     }
 
     #[tokio::test]

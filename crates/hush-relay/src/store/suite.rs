@@ -315,3 +315,63 @@ pub(crate) async fn expiry_sweeps_envelopes_and_ids<S: Store + Clone>(store: S) 
         Ok(Enqueued::Stored(vec![3, 2]))
     );
 }
+
+/// A burst (`enqueue_many`) of bodies of every size, alone or shared,
+/// empty ones included, with a duplicate and an unknown recipient among
+/// them: each gets its own outcome, and the bodies come back byte for
+/// byte.
+pub(crate) async fn a_burst_of_bodies_comes_back_exactly<S: Store + Clone>(store: S) {
+    let (a, b, stranger) = ([1; 32], [2; 32], [9; 32]);
+    for d in [a, b] {
+        store.register(d, upload(0)).await.expect("registers");
+    }
+    let limits = QueueLimits {
+        max_envelopes: 1_000,
+        max_bytes: 1 << 30,
+    };
+    let sizes = [0usize, 1, 47, 256, 0, 4096, 65_536, 3];
+    let mut envelopes: Vec<NewEnvelope> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| {
+            let body: Vec<u8> = (0..*size).map(|j| (i * 31 + j) as u8).collect();
+            let to: &[DeviceKey] = if i % 3 == 0 { &[a, b] } else { &[a] };
+            envelope(i as u8, &body, to)
+        })
+        .collect();
+    let accepted = envelopes.clone();
+    envelopes.push(envelope(1, b"same id as the second", &[a]));
+    envelopes.push(envelope(100, b"to nobody", &[a, stranger]));
+    let results = store.enqueue_many(envelopes, limits).await;
+    assert_eq!(results.len(), sizes.len() + 2);
+    assert!(
+        results[..sizes.len()]
+            .iter()
+            .all(|r| matches!(r, Ok(Enqueued::Stored(_))))
+    );
+    assert_eq!(results[sizes.len()], Ok(Enqueued::Duplicate));
+    assert_eq!(
+        results[sizes.len() + 1],
+        Err(StoreError::UnknownDevices(vec![stranger]))
+    );
+    let page = store.read(a, 0, 100).await.expect("reads");
+    let got: Vec<&Vec<u8>> = page.envelopes.iter().map(|e| &e.body).collect();
+    let sent: Vec<&Vec<u8>> = accepted.iter().map(|e| e.body.as_ref()).collect();
+    assert_eq!(got, sent);
+    let seqs: Vec<u64> = page.envelopes.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=sizes.len() as u64).collect::<Vec<_>>());
+    assert!(page.envelopes.iter().all(|e| e.slot == [1; 48]));
+    let shared: u64 = [0, 3, 6].iter().map(|i| sizes[*i] as u64 + 48).sum();
+    let all: u64 = sizes.iter().map(|s| *s as u64 + 48).sum();
+    assert_eq!(
+        store.stats().await.map(|s| s.queued_bytes),
+        Ok(all + shared)
+    );
+    // The rejected id was not recorded.
+    assert_eq!(
+        store
+            .enqueue(envelope(100, b"to nobody", &[a]), limits)
+            .await,
+        Ok(Enqueued::Stored(vec![9]))
+    );
+}
