@@ -282,9 +282,10 @@ async fn connection<S: Store>(
                     // What was accepted before a broken frame is still
                     // committed and answered.
                     if !deferred.is_empty() {
-                        in_flight += deferred.len();
+                        let n = deferred.len();
+                        in_flight += n;
                         let relay = relay.clone();
-                        commits.push(async move { relay.commit_all(deferred).await });
+                        commits.push(async move { (n, relay.commit_all(deferred).await) });
                     }
                     if let Some(closing) = stop {
                         break closing;
@@ -317,18 +318,23 @@ async fn connection<S: Store>(
                 Event::TakenOver => break Closing::TakenOver,
             },
             _ = shutdown.changed() => break Closing::Shutdown,
-            Some(replies) = commits.next(), if !commits.is_empty() => {
-                in_flight -= replies.len();
+            Some((n, replies)) = commits.next(), if !commits.is_empty() => {
+                in_flight -= n;
+                let mut gone = false;
                 for reply in replies {
                     if out.send(reply).await.is_err() {
+                        gone = true;
                         break;
                     }
+                }
+                if gone {
+                    break Closing::Gone;
                 }
             }
         }
     };
     // Every send taken in is committed and answered before closing.
-    while let Some(replies) = commits.next().await {
+    while let Some((_, replies)) = commits.next().await {
         for reply in replies {
             let _ = out.send(reply).await;
         }

@@ -204,10 +204,9 @@ impl SqliteStore {
             // hand them all over without waiting for this task.
             .row_buffer_size(ROW_CHANNEL)
             .statement_cache_capacity(STATEMENT_CACHE)
-            // Commits write whole pages, one system call each: larger
-            // pages write a batch's new rows with fewer calls. (Applies
-            // to a new file; an existing one keeps its page size.)
-            .page_size(16_384)
+            // Pages stay at SQLite's default 4 KiB: larger ones write a
+            // busy batch with fewer system calls, but make every small
+            // commit write (and fsync) more, which costs latency.
             // 64 MiB of page cache.
             .pragma("cache_size", "-65536")
             // Statement journals (a multi-row statement's undo, for when it
