@@ -20,4 +20,8 @@ pub use hush::state::v1 as state;
 /// Relay protocol frames (`proto/relay.proto`).
 pub use hush::relay::v1 as relay;
 
+/// What clients say to each other inside a ratchet message
+/// (`proto/client.proto`).
+pub use hush::client::v1 as client;
+
 pub use prost::Message;

@@ -59,6 +59,10 @@ pub enum ClientError {
     /// No answer in time.
     #[error("the relay did not answer in time")]
     Timeout,
+    /// The relay served a bundle that does not verify or is not the
+    /// asked-for device's.
+    #[error("the relay served a bad prekey bundle: {0}")]
+    BadBundle(String),
 }
 
 #[derive(Debug)]
@@ -370,6 +374,51 @@ impl RelayClient {
             Body::Registered(r) => Ok(r.one_time_prekeys),
             _ => Err(ClientError::Unexpected),
         }
+    }
+
+    /// Fetches `device`'s prekey bundle (no authentication needed),
+    /// taking one of its one-time prekeys, and checks its signatures.
+    pub async fn fetch_bundle(
+        &self,
+        device: &hush_crypto::IdentityKey,
+    ) -> Result<hush_crypto::prekey::VerifiedBundle, ClientError> {
+        let request = Request::FetchBundle(proto::FetchBundle {
+            device_key: device.as_bytes().to_vec(),
+        });
+        let Body::Bundle(proto::Bundle {
+            bundle: Some(bundle),
+        }) = self.request(request).await?
+        else {
+            return Err(ClientError::Unexpected);
+        };
+        let bytes = prost::Message::encode_to_vec(&bundle);
+        let bundle = hush_crypto::PreKeyBundle::try_from(bytes.as_slice())
+            .map_err(|e| ClientError::BadBundle(e.to_string()))?;
+        if bundle.identity != *device {
+            return Err(ClientError::BadBundle(
+                "the bundle is for another identity".into(),
+            ));
+        }
+        bundle
+            .verify()
+            .map_err(|e| ClientError::BadBundle(e.to_string()))
+    }
+
+    /// How many one-time prekeys the relay holds for this device (after
+    /// [`Self::authenticate`]).
+    pub async fn prekey_count(&self) -> Result<u32, ClientError> {
+        match self
+            .request(Request::PrekeyCount(proto::PrekeyCount {}))
+            .await?
+        {
+            Body::PrekeyStock(s) => Ok(s.one_time_prekeys),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// How long to wait for each answer (30 s unless set).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// Sends a sealed body to recipient devices with their slots. Returns

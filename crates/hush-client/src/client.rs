@@ -1,0 +1,1078 @@
+//! The client (`spec/client.md`): an account on a relay, sessions with
+//! contacts, and messages that arrive exactly once, in order.
+//!
+//! Sending: a message gets its id, counter and ciphertext, and is stored
+//! with its sealed envelope in the outbox in one transaction, before the
+//! first attempt. The outbox is sent on an unauthenticated connection (so
+//! the relay cannot tie a send to the sending device) and resent, the same
+//! bytes under the same id, with jittered exponential backoff until the
+//! relay acknowledges it or the retry window closes (status `failed`).
+//!
+//! Receiving: on the device's authenticated connection, every envelope is
+//! opened, decrypted, checked against the ids already seen, and stored
+//! with the advanced session in one transaction; only then is the relay
+//! told to delete it. A lost acknowledgement means the envelope comes
+//! again; its id is then already seen and nothing is shown twice.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use hush_crypto::prekey::{PreKeyRef, PreKeySecrets};
+use hush_crypto::{
+    Address, ContentType, IdentityKey, IdentityKeyPair, OneTimePreKeyPair, PreKeyMessage,
+    RatchetMessage, SafetyNumber, SealedBody, SealedEnvelope, Session, SessionMessage,
+    SignedPreKeyPair,
+};
+use hush_proto::relay as proto;
+use hush_relay::client::{ClientError as RelayError, RelayClient};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::content::{Body, Content, MessageId, ReceiptKind};
+use crate::profile::{
+    Contact, Outgoing, PrekeyKind, Profile, ProfileError, Status, StoredMessage, Unlock, now_ms,
+};
+
+/// This device's number in its sealed envelopes (one device per account
+/// until multi-device accounts).
+pub const DEVICE: u32 = 1;
+
+/// One-time prekeys uploaded at once (the relay's maximum).
+pub const ONE_TIME_BATCH: u32 = 100;
+
+/// Below this relay stock, a fresh batch of one-time prekeys is uploaded.
+pub const ONE_TIME_LOW: u32 = 25;
+
+/// Client failures, each with a one-line explanation for a person.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The profile could not be opened or written.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The relay could not be reached, refused us, or failed.
+    #[error("relay: {0}")]
+    Relay(#[from] RelayError),
+    /// The relay address does not resolve.
+    #[error("relay address {0} does not resolve to an IP address")]
+    BadRelayAddress(String),
+    /// No contact by that name.
+    #[error("no contact named {0:?} (see `hush contact list`)")]
+    UnknownContact(String),
+    /// A contact name is empty or has characters that do not print.
+    #[error("contact names are 1 to 64 printable characters")]
+    BadContactName,
+    /// The text is empty or too long.
+    #[error("a message is 1 to {} bytes of text", crate::content::MAX_TEXT)]
+    BadText,
+    /// The contact's identity changed; the user must accept it first.
+    #[error(
+        "{0}'s identity changed: compare safety numbers with `hush verify {0}`, then accept with `hush verify {0} --accept`"
+    )]
+    IdentityChanged(String),
+    /// The address is this profile's own.
+    #[error("that address is this profile's own")]
+    OwnAddress,
+    /// The operating system's random generator failed.
+    #[error("no randomness from the operating system: {0}")]
+    Randomness(String),
+    /// The crypto core refused (should not happen with stored state).
+    #[error("encryption failed: {0}")]
+    Crypto(String),
+    /// The relay never acknowledged the message within the retry window.
+    #[error("the relay did not take the message within {0:?}; it is marked failed")]
+    Undelivered(Duration),
+}
+
+/// Timing and limits of a client.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a message is retried before it is marked failed.
+    pub retry_window: Duration,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest delay between retries.
+    pub retry_max: Duration,
+    /// How long to wait for each relay answer.
+    pub request_timeout: Duration,
+    /// A signed prekey older than this is replaced.
+    pub signed_prekey_rotation: Duration,
+    /// A replaced signed prekey (and an unused one-time prekey) is kept
+    /// this long, so first messages made with it still open.
+    pub prekey_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            retry_window: Duration::from_secs(10 * 60),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            signed_prekey_rotation: Duration::from_secs(7 * 24 * 3600),
+            prekey_grace: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Something that happened, for a user interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new message.
+    Message(Received),
+    /// One of our messages changed status.
+    Status {
+        /// The contact.
+        contact: String,
+        /// The message.
+        id: MessageId,
+        /// Its new status.
+        status: Status,
+    },
+    /// A contact started or stopped typing.
+    Typing {
+        /// The contact.
+        contact: String,
+        /// Typing now.
+        typing: bool,
+    },
+    /// A contact withdrew one of their messages.
+    Recalled {
+        /// The contact.
+        contact: String,
+        /// The message.
+        id: MessageId,
+    },
+}
+
+/// A received chat message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The contact's name (a new sender gets a name made from its address).
+    pub from: String,
+    /// Its address.
+    pub address: String,
+    /// The message id.
+    pub id: MessageId,
+    /// The text.
+    pub text: String,
+    /// The sender's clock.
+    pub sent_at_ms: u64,
+    /// The sender's counter (orders its messages).
+    pub counter: u64,
+    /// The relay's sequence number in this device's queue.
+    pub seq: u64,
+}
+
+/// The prekey secrets, for [`Session::respond`].
+struct Prekeys {
+    signed: Vec<SignedPreKeyPair>,
+    last_resort: Vec<SignedPreKeyPair>,
+    one_time: Vec<OneTimePreKeyPair>,
+}
+
+impl PreKeySecrets for Prekeys {
+    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        self.signed.iter().find(|k| k.id() == id)
+    }
+    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        self.last_resort.iter().find(|k| k.id() == id)
+    }
+    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
+        self.one_time.iter().find(|k| k.id() == id)
+    }
+}
+
+/// A random generator seeded from the operating system.
+fn os_rng() -> Result<ChaCha20Rng, ClientError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut()).map_err(|e| ClientError::Randomness(e.to_string()))?;
+    Ok(ChaCha20Rng::from_seed(*seed))
+}
+
+/// Resolves `HOST:PORT`.
+async fn resolve(relay: &str) -> Result<SocketAddr, ClientError> {
+    tokio::net::lookup_host(relay)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ClientError::BadRelayAddress(relay.to_string()))
+}
+
+fn meta_u32(bytes: Option<Vec<u8>>) -> u32 {
+    bytes
+        .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Checks a contact name: 1 to 64 characters, none of them control
+/// characters.
+pub fn check_name(name: &str) -> Result<(), ClientError> {
+    let n = name.chars().count();
+    if n == 0 || n > 64 || name.chars().any(char::is_control) || name.trim() != name {
+        return Err(ClientError::BadContactName);
+    }
+    Ok(())
+}
+
+/// A hush client on one profile.
+pub struct Client {
+    profile: Profile,
+    identity: IdentityKeyPair,
+    relay: SocketAddr,
+    pin: [u8; 32],
+    rng: ChaCha20Rng,
+    /// Authenticated: receives this device's queue.
+    inbox: Option<RelayClient>,
+    /// Unauthenticated: sends and bundle fetches.
+    outbox: Option<RelayClient>,
+    options: Options,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("profile", &self.profile)
+            .field("relay", &self.relay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Creates a profile in `home` with a new identity and registers it
+    /// with the relay at `relay` whose certificate fingerprint is `pin`.
+    /// If the relay cannot be reached or refuses, nothing is left behind.
+    pub async fn init(
+        home: &Path,
+        relay: &str,
+        pin: [u8; 32],
+        unlock: Unlock,
+        options: Options,
+    ) -> Result<Self, ClientError> {
+        let addr = resolve(relay).await?;
+        let mut rng = os_rng()?;
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let existed = home.join("profile.sqlite").exists();
+        let profile = Profile::create(&mut rng, home, &unlock, &identity, relay, &pin).await?;
+        let mut client = Self {
+            profile,
+            identity,
+            relay: addr,
+            pin,
+            rng,
+            inbox: None,
+            outbox: None,
+            options,
+        };
+        let registered = async {
+            client.new_signed_prekeys().await?;
+            client.new_one_time_prekeys().await?;
+            client.inbox().await?;
+            Ok::<(), ClientError>(())
+        }
+        .await;
+        if let Err(e) = registered {
+            if !existed {
+                let home = client.profile.home().to_path_buf();
+                drop(client);
+                for file in [
+                    "profile.sqlite",
+                    "profile.sqlite-wal",
+                    "profile.sqlite-shm",
+                    "key",
+                ] {
+                    let _ = std::fs::remove_file(home.join(file));
+                }
+            }
+            return Err(e);
+        }
+        Ok(client)
+    }
+
+    /// Opens the profile in `home`.
+    pub async fn open(
+        home: &Path,
+        passphrase: Option<&str>,
+        options: Options,
+    ) -> Result<Self, ClientError> {
+        let profile = Profile::open(home, passphrase).await?;
+        let identity = profile.identity().await?;
+        let (relay, pin) = profile.relay().await?;
+        let relay = resolve(&relay).await?;
+        Ok(Self {
+            profile,
+            identity,
+            relay,
+            pin,
+            rng: os_rng()?,
+            inbox: None,
+            outbox: None,
+            options,
+        })
+    }
+
+    /// This profile's address.
+    pub fn address(&self) -> Address {
+        Address::from(self.identity.public())
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    async fn next_prekey_id(&mut self, n: u32) -> Result<u32, ClientError> {
+        let first = meta_u32(self.profile.meta("next_prekey_id").await?).max(1);
+        let mut tx = self.profile.begin().await?;
+        Profile::set_meta(
+            &mut tx,
+            "next_prekey_id",
+            &first.wrapping_add(n).to_be_bytes(),
+        )
+        .await?;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(first)
+    }
+
+    /// Makes a new signed prekey (and, the first time, the last-resort
+    /// prekey), stored before anything is uploaded.
+    async fn new_signed_prekeys(&mut self) -> Result<(), ClientError> {
+        let first = self.next_prekey_id(2).await?;
+        let signed = SignedPreKeyPair::generate(&mut self.rng, &self.identity, first);
+        let mut tx = self.profile.begin().await?;
+        self.profile
+            .put_prekey(
+                &mut self.rng,
+                &mut tx,
+                PrekeyKind::Signed,
+                first,
+                &signed.to_bytes(),
+            )
+            .await?;
+        Profile::set_meta(&mut tx, "signed_prekey", &first.to_be_bytes()).await?;
+        Profile::set_meta(&mut tx, "signed_prekey_at", &now_ms().to_be_bytes()).await?;
+        if self.profile.meta("last_resort_prekey").await?.is_none() {
+            let last =
+                SignedPreKeyPair::generate_last_resort(&mut self.rng, &self.identity, first + 1);
+            self.profile
+                .put_prekey(
+                    &mut self.rng,
+                    &mut tx,
+                    PrekeyKind::LastResort,
+                    first + 1,
+                    &last.to_bytes(),
+                )
+                .await?;
+            Profile::set_meta(&mut tx, "last_resort_prekey", &(first + 1).to_be_bytes()).await?;
+        }
+        let grace = now_ms().saturating_sub(self.options.prekey_grace.as_millis() as u64);
+        Profile::expire_prekeys(&mut tx, PrekeyKind::Signed, grace, first).await?;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(())
+    }
+
+    /// Makes a batch of one-time prekeys (stored before upload), and
+    /// forgets unused ones older than the grace period.
+    async fn new_one_time_prekeys(&mut self) -> Result<Vec<OneTimePreKeyPair>, ClientError> {
+        let first = self.next_prekey_id(ONE_TIME_BATCH).await?;
+        let keys: Vec<OneTimePreKeyPair> = (0..ONE_TIME_BATCH)
+            .map(|i| OneTimePreKeyPair::generate(&mut self.rng, first + i))
+            .collect();
+        let mut tx = self.profile.begin().await?;
+        for key in &keys {
+            self.profile
+                .put_prekey(
+                    &mut self.rng,
+                    &mut tx,
+                    PrekeyKind::OneTime,
+                    key.id(),
+                    &key.to_bytes(),
+                )
+                .await?;
+        }
+        let grace = now_ms().saturating_sub(self.options.prekey_grace.as_millis() as u64);
+        Profile::expire_prekeys(&mut tx, PrekeyKind::OneTime, grace, first).await?;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(keys)
+    }
+
+    async fn prekeys(&self) -> Result<Prekeys, ClientError> {
+        let (signed, last_resort, one_time) = self.profile.prekeys().await?;
+        Ok(Prekeys {
+            signed,
+            last_resort,
+            one_time,
+        })
+    }
+
+    /// Keeps the relay's copy of this device's prekeys current: a new
+    /// signed prekey when the current one is older than the rotation
+    /// period, a new batch of one-time prekeys when the relay's stock is
+    /// low (or on first registration).
+    async fn maintain_prekeys(&mut self, relay: &RelayClient) -> Result<(), ClientError> {
+        let signed_at = self
+            .profile
+            .meta("signed_prekey_at")
+            .await?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let rotate = now_ms().saturating_sub(signed_at)
+            > self.options.signed_prekey_rotation.as_millis() as u64;
+        if rotate {
+            self.new_signed_prekeys().await?;
+        }
+        let registered = self.profile.meta("registered").await?.is_some();
+        let stock = if registered {
+            relay.prekey_count().await.unwrap_or(0)
+        } else {
+            0
+        };
+        let one_time = if !registered || stock < ONE_TIME_LOW {
+            if registered {
+                self.new_one_time_prekeys().await?
+            } else {
+                // First registration: the batch made at init.
+                self.prekeys().await?.one_time
+            }
+        } else {
+            Vec::new()
+        };
+        if rotate || !one_time.is_empty() || !registered {
+            let keys = self.prekeys().await?;
+            let signed_id = meta_u32(self.profile.meta("signed_prekey").await?);
+            let last_id = meta_u32(self.profile.meta("last_resort_prekey").await?);
+            let (Some(signed), Some(last)) = (
+                keys.signed_prekey(signed_id),
+                keys.last_resort_prekey(last_id),
+            ) else {
+                return Err(ProfileError::Damaged("current prekeys missing".into()).into());
+            };
+            relay.register_prekeys(signed, last, &one_time).await?;
+            if !registered {
+                let mut tx = self.profile.begin().await?;
+                Profile::set_meta(&mut tx, "registered", b"1").await?;
+                tx.commit().await.map_err(ProfileError::from)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<RelayClient, ClientError> {
+        let mut relay = RelayClient::connect(self.relay, self.pin).await?;
+        relay.set_timeout(self.options.request_timeout);
+        Ok(relay)
+    }
+
+    /// The authenticated connection (made, authenticated and its prekeys
+    /// maintained if there is none or it was lost).
+    pub async fn inbox(&mut self) -> Result<&mut RelayClient, ClientError> {
+        if self
+            .inbox
+            .as_ref()
+            .is_some_and(|c| c.close_reason().is_some())
+        {
+            self.inbox = None;
+        }
+        if self.inbox.is_none() {
+            let relay = self.connect().await?;
+            relay.authenticate(&self.identity).await?;
+            self.maintain_prekeys(&relay).await?;
+            self.inbox = Some(relay);
+        }
+        self.inbox
+            .as_mut()
+            .ok_or_else(|| ClientError::Relay(RelayError::Closed("no connection".into())))
+    }
+
+    /// The unauthenticated connection for sends and bundles.
+    async fn outbox(&mut self) -> Result<&RelayClient, ClientError> {
+        if self
+            .outbox
+            .as_ref()
+            .is_some_and(|c| c.close_reason().is_some())
+        {
+            self.outbox = None;
+        }
+        if self.outbox.is_none() {
+            self.outbox = Some(self.connect().await?);
+        }
+        self.outbox
+            .as_ref()
+            .ok_or_else(|| ClientError::Relay(RelayError::Closed("no connection".into())))
+    }
+
+    /// Drops both connections (the next use reconnects).
+    pub fn disconnect(&mut self) {
+        self.inbox = None;
+        self.outbox = None;
+    }
+
+    /// Adds a contact by address, or changes the address of a known name
+    /// (which marks the contact changed and unverified: sending then
+    /// waits for the user to accept). Returns the contact and whether its
+    /// identity changed.
+    pub async fn add_contact(
+        &mut self,
+        name: &str,
+        address: &str,
+    ) -> Result<(Contact, bool), ClientError> {
+        check_name(name)?;
+        let address: Address = address
+            .trim()
+            .parse()
+            .map_err(|_| ClientError::Crypto(format!("{address:?} is not a valid hush address")))?;
+        if address.identity() == self.identity.public() {
+            return Err(ClientError::OwnAddress);
+        }
+        let mut tx = self.profile.begin().await?;
+        let result = Profile::put_contact(&mut tx, name, address.identity()).await?;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(result)
+    }
+
+    /// Every contact.
+    pub async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        Ok(self.profile.contacts().await?)
+    }
+
+    async fn contact(&self, name: &str) -> Result<Contact, ClientError> {
+        self.profile
+            .contact(name)
+            .await?
+            .ok_or_else(|| ClientError::UnknownContact(name.to_string()))
+    }
+
+    /// The safety number with a contact.
+    pub async fn safety_number(&self, name: &str) -> Result<(Contact, SafetyNumber), ClientError> {
+        let contact = self.contact(name).await?;
+        let number = SafetyNumber::new(self.identity.public(), &contact.identity);
+        Ok((contact, number))
+    }
+
+    /// Marks a contact verified (accepting an identity change).
+    pub async fn verify(&self, name: &str) -> Result<(), ClientError> {
+        let contact = self.contact(name).await?;
+        Ok(self.profile.set_verified(contact.id, true).await?)
+    }
+
+    /// A conversation's last `limit` messages, in order.
+    pub async fn history(
+        &self,
+        name: &str,
+        limit: u32,
+    ) -> Result<(Contact, Vec<StoredMessage>), ClientError> {
+        let contact = self.contact(name).await?;
+        let messages = self.profile.history(contact.id, limit).await?;
+        Ok((contact, messages))
+    }
+
+    /// Encrypts `body` for `contact` and puts it in the outbox, with the
+    /// advanced session (and, for a text, the message in the history),
+    /// in one transaction. The session is made from a fetched bundle if
+    /// there is none.
+    async fn queue(&mut self, contact: &Contact, body: Body) -> Result<MessageId, ClientError> {
+        let mut tx = self.profile.begin().await?;
+        let stored = self.profile.session(&mut tx, contact.id).await?;
+        drop(tx);
+        let mut session = match stored {
+            Some(bytes) => {
+                Session::from_bytes(&bytes).map_err(|e| ProfileError::Damaged(e.to_string()))?
+            }
+            None => {
+                let bundle = self.outbox().await?.fetch_bundle(&contact.identity).await?;
+                Session::initiate(&mut self.rng, &self.identity, &bundle)
+                    .map_err(|e| ClientError::Crypto(e.to_string()))?
+            }
+        };
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let mut tx = self.profile.begin().await?;
+        let counter = Profile::next_counter(&mut tx, contact.id).await?;
+        let now = now_ms();
+        let content = Content {
+            id,
+            sent_at_ms: now,
+            counter,
+            body,
+        };
+        let plaintext = Zeroizing::new(content.to_bytes());
+        let message = session
+            .encrypt(&mut self.rng, &plaintext)
+            .map_err(|e| ClientError::Crypto(e.to_string()))?;
+        let sealed = hush_crypto::seal(
+            &mut self.rng,
+            &self.identity,
+            DEVICE,
+            &contact.identity,
+            message.content_type(),
+            &message.to_bytes(),
+        )
+        .map_err(|e| ClientError::Crypto(e.to_string()))?;
+        self.profile
+            .put_session(&mut self.rng, &mut tx, contact.id, &session.to_bytes())
+            .await?;
+        if let Body::Text(text) = &content.body {
+            self.profile
+                .put_message(
+                    &mut self.rng,
+                    &mut tx,
+                    &StoredMessage {
+                        id,
+                        contact: contact.id,
+                        outgoing: true,
+                        counter,
+                        sent_at_ms: now,
+                        text: text.clone(),
+                        status: Status::Sending,
+                        recalled: false,
+                    },
+                    None,
+                )
+                .await?;
+        }
+        Profile::put_outgoing(
+            &mut tx,
+            contact.id,
+            &Outgoing {
+                message_id: id,
+                device_key: *contact.identity.as_bytes(),
+                body: sealed.body.to_bytes(),
+                slot: sealed.slot,
+                first_attempt_ms: now,
+                attempts: 0,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(id)
+    }
+
+    /// Stores a text for `name` and makes the first attempt to hand it to
+    /// the relay. Returns its id; [`Self::flush`] retries.
+    pub async fn send_text(&mut self, name: &str, text: &str) -> Result<MessageId, ClientError> {
+        if text.is_empty() || text.len() > crate::content::MAX_TEXT {
+            return Err(ClientError::BadText);
+        }
+        let contact = self.contact(name).await?;
+        if contact.changed {
+            return Err(ClientError::IdentityChanged(contact.name));
+        }
+        let id = self.queue(&contact, Body::Text(text.to_string())).await?;
+        let _ = self.flush().await;
+        Ok(id)
+    }
+
+    /// Sends a control message (receipt, typing, recall) to `name`.
+    pub async fn send_control(&mut self, name: &str, body: Body) -> Result<MessageId, ClientError> {
+        let contact = self.contact(name).await?;
+        if contact.changed {
+            return Err(ClientError::IdentityChanged(contact.name));
+        }
+        if let Body::Recall(id) = &body {
+            let mut tx = self.profile.begin().await?;
+            self.profile
+                .recall(&mut self.rng, &mut tx, contact.id, id, true)
+                .await?;
+            tx.commit().await.map_err(ProfileError::from)?;
+        }
+        let id = self.queue(&contact, body).await?;
+        let _ = self.flush().await;
+        Ok(id)
+    }
+
+    /// Sends `name` a read receipt for every message of theirs not yet
+    /// marked read, and marks them read.
+    pub async fn mark_read(&mut self, name: &str) -> Result<usize, ClientError> {
+        let contact = self.contact(name).await?;
+        let mut tx = self.profile.begin().await?;
+        let ids = Profile::mark_read(&mut tx, contact.id).await?;
+        tx.commit().await.map_err(ProfileError::from)?;
+        for chunk in ids.chunks(crate::content::MAX_RECEIPT_IDS) {
+            self.queue(&contact, Body::Receipt(ReceiptKind::Read, chunk.to_vec()))
+                .await?;
+        }
+        if !ids.is_empty() {
+            let _ = self.flush().await;
+        }
+        Ok(ids.len())
+    }
+
+    /// The delay before attempt `attempts + 1`: exponential, capped,
+    /// with ±50% jitter so clients that failed together do not retry
+    /// together.
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        let base = self.options.retry_base.as_millis() as u64;
+        let exp = base.saturating_mul(1u64 << attempts.min(20));
+        let capped = exp.min(self.options.retry_max.as_millis() as u64).max(1);
+        let jitter = self.rng.next_u64() % capped;
+        Duration::from_millis(capped / 2 + jitter)
+    }
+
+    /// Makes one attempt for every outbox entry that is due. Returns the
+    /// events (statuses) it caused.
+    pub async fn flush(&mut self) -> Result<Vec<Event>, ClientError> {
+        let now = now_ms();
+        let due = self.profile.due(now).await?;
+        let mut events = Vec::new();
+        for out in due {
+            let expired = now.saturating_sub(out.first_attempt_ms)
+                > self.options.retry_window.as_millis() as u64;
+            let result = match self.outbox().await {
+                Ok(relay) => relay
+                    .send(
+                        out.message_id,
+                        out.body.clone(),
+                        &[(out.device_key, out.slot)],
+                    )
+                    .await
+                    .map_err(ClientError::from),
+                Err(e) => Err(e),
+            };
+            let status = match result {
+                Ok(_) => Some(Status::Sent),
+                Err(ClientError::Relay(RelayError::Relay {
+                    code: proto::ErrorCode::UnknownDevice,
+                    ..
+                })) => {
+                    // The recipient is not registered: retrying cannot help.
+                    Some(Status::Failed)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "send attempt failed");
+                    if matches!(
+                        e,
+                        ClientError::Relay(
+                            RelayError::Closed(_)
+                                | RelayError::Timeout
+                                | RelayError::Connect { .. }
+                        )
+                    ) {
+                        self.outbox = None;
+                    }
+                    if expired {
+                        Some(Status::Failed)
+                    } else {
+                        let wait = self.backoff(out.attempts);
+                        self.profile
+                            .retry_later(&out.message_id, now_ms() + wait.as_millis() as u64)
+                            .await?;
+                        None
+                    }
+                }
+            };
+            if let Some(status) = status {
+                self.profile.settle(&out.message_id, status).await?;
+                if let Some(contact) = self.contact_of(&out.device_key).await? {
+                    events.push(Event::Status {
+                        contact,
+                        id: out.message_id,
+                        status,
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    async fn contact_of(&self, device: &[u8; 32]) -> Result<Option<String>, ClientError> {
+        let Ok(identity) = IdentityKey::from_bytes(device) else {
+            return Ok(None);
+        };
+        let mut tx = self.profile.begin().await?;
+        Ok(Profile::contact_by_identity(&mut tx, &identity)
+            .await?
+            .map(|c| c.name))
+    }
+
+    /// Retries until `id` is acknowledged by the relay (`Ok`) or its
+    /// retry window closes (`Undelivered`).
+    pub async fn wait_sent(&mut self, id: &MessageId) -> Result<(), ClientError> {
+        loop {
+            match self.profile.status(id).await? {
+                Some(Status::Sending) | None => {}
+                Some(Status::Failed) => {
+                    return Err(ClientError::Undelivered(self.options.retry_window));
+                }
+                Some(_) => return Ok(()),
+            }
+            let next = self.profile.next_due().await?.unwrap_or_else(now_ms);
+            let wait = next.saturating_sub(now_ms());
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            self.flush().await?;
+        }
+    }
+
+    /// Fetches everything waiting at the relay, page by page, processes
+    /// it, and acknowledges each page once it is stored. Sends what the
+    /// outbox holds first. Returns what happened, each sender's messages
+    /// in its counter order.
+    pub async fn sync(&mut self) -> Result<Vec<Event>, ClientError> {
+        let mut events = self.flush().await.unwrap_or_default();
+        let mut after = 0u64;
+        loop {
+            let page = self.inbox().await?.fetch_page(after).await?;
+            if page.envelopes.is_empty() {
+                break;
+            }
+            for envelope in page.envelopes {
+                after = after.max(envelope.seq);
+                events.extend(self.receive(envelope).await?);
+            }
+        }
+        events.extend(self.send_delivery_receipts(&events).await?);
+        order_events(&mut events);
+        Ok(events)
+    }
+
+    /// Waits for the next pushed envelope on the authenticated connection
+    /// (which must be live: after [`Self::sync`]), processes it and acks
+    /// it. `None` when the connection is gone.
+    pub async fn next_push(&mut self) -> Result<Option<Vec<Event>>, ClientError> {
+        let Some(inbox) = self.inbox.as_mut() else {
+            return Ok(None);
+        };
+        let Some(envelope) = inbox.next_push().await else {
+            self.inbox = None;
+            return Ok(None);
+        };
+        let seq = envelope.seq;
+        let mut events = self.receive(envelope).await?;
+        if let Some(inbox) = self.inbox.as_ref() {
+            inbox.ack(vec![seq]).await?;
+        }
+        events.extend(self.send_delivery_receipts(&events).await?);
+        Ok(Some(events))
+    }
+
+    async fn send_delivery_receipts(
+        &mut self,
+        events: &[Event],
+    ) -> Result<Vec<Event>, ClientError> {
+        let mut by_contact: BTreeMap<String, Vec<MessageId>> = BTreeMap::new();
+        for event in events {
+            if let Event::Message(m) = event {
+                by_contact.entry(m.from.clone()).or_default().push(m.id);
+            }
+        }
+        for (name, ids) in by_contact {
+            let Ok(contact) = self.contact(&name).await else {
+                continue;
+            };
+            if contact.changed {
+                continue;
+            }
+            for chunk in ids.chunks(crate::content::MAX_RECEIPT_IDS) {
+                self.queue(
+                    &contact,
+                    Body::Receipt(ReceiptKind::Delivered, chunk.to_vec()),
+                )
+                .await?;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Opens, decrypts and stores one envelope; the caller acks it. An
+    /// envelope that cannot be opened or decrypted (forged, damaged, a
+    /// replay) is logged and dropped: nothing can ever read it.
+    async fn receive(&mut self, envelope: proto::Envelope) -> Result<Vec<Event>, ClientError> {
+        let seq = envelope.seq;
+        let opened = (|| {
+            let body = SealedBody::try_from(envelope.body.as_slice()).ok()?;
+            let slot: [u8; 48] = envelope.slot.as_slice().try_into().ok()?;
+            SealedEnvelope { body, slot }.open(&self.identity).ok()
+        })();
+        let Some(opened) = opened else {
+            tracing::warn!(seq, "dropped an envelope that does not open");
+            return Ok(Vec::new());
+        };
+        let message = match opened.content_type {
+            ContentType::PreKey => PreKeyMessage::try_from(opened.content.as_slice())
+                .map(|m| SessionMessage::PreKey(Box::new(m)))
+                .ok(),
+            ContentType::Ratchet => RatchetMessage::try_from(opened.content.as_slice())
+                .map(SessionMessage::Ratchet)
+                .ok(),
+            ContentType::SenderKey => None,
+        };
+        let Some(message) = message else {
+            tracing::warn!(seq, "dropped an envelope whose message does not parse");
+            return Ok(Vec::new());
+        };
+
+        let mut tx = self.profile.begin().await?;
+        let contact = match Profile::contact_by_identity(&mut tx, &opened.sender).await? {
+            Some(c) => c,
+            None => {
+                let address = Address::from(&opened.sender).to_string();
+                let name = format!("unknown-{}", &address[4..14.min(address.len())]);
+                Profile::put_contact(&mut tx, &name, &opened.sender)
+                    .await?
+                    .0
+            }
+        };
+        let stored = self.profile.session(&mut tx, contact.id).await?;
+        let mut session = match stored {
+            Some(bytes) => Some(
+                Session::from_bytes(&bytes).map_err(|e| ProfileError::Damaged(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let mut used_one_time = None;
+        let plaintext = match &message {
+            SessionMessage::PreKey(pre)
+                if session
+                    .as_ref()
+                    .is_none_or(|s| s.base_key() != &pre.base_key) =>
+            {
+                let prekeys = self.prekeys().await?;
+                match Session::respond(&self.identity, &prekeys, pre) {
+                    Ok((new, plaintext)) => {
+                        if let Some(PreKeyRef::OneTime(id)) = pre.extra {
+                            used_one_time = Some(id);
+                        }
+                        session = Some(new);
+                        Ok(plaintext)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            _ => match session.as_mut() {
+                Some(s) => s.decrypt(&message).map_err(|e| e.to_string()),
+                None => Err("no session with the sender".to_string()),
+            },
+        };
+        let plaintext = match plaintext {
+            Ok(p) => Zeroizing::new(p),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "dropped an envelope that does not decrypt");
+                return Ok(Vec::new());
+            }
+        };
+        let Some(session) = session else {
+            return Ok(Vec::new());
+        };
+        self.profile
+            .put_session(&mut self.rng, &mut tx, contact.id, &session.to_bytes())
+            .await?;
+        if let Some(id) = used_one_time {
+            Profile::delete_prekey(&mut tx, PrekeyKind::OneTime, id).await?;
+        }
+        let mut events = Vec::new();
+        match Content::try_from(plaintext.as_slice()) {
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "dropped a message whose content does not parse")
+            }
+            Ok(content) => {
+                if Profile::mark_seen(&mut tx, &content.id).await? {
+                    events = self.apply(&mut tx, &contact, content, seq).await?;
+                }
+            }
+        }
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(events)
+    }
+
+    /// Applies new content from `contact` within `tx`.
+    async fn apply(
+        &mut self,
+        tx: &mut crate::profile::Tx<'_>,
+        contact: &Contact,
+        content: Content,
+        seq: u64,
+    ) -> Result<Vec<Event>, ClientError> {
+        Ok(match content.body {
+            Body::Text(text) => {
+                self.profile
+                    .put_message(
+                        &mut self.rng,
+                        tx,
+                        &StoredMessage {
+                            id: content.id,
+                            contact: contact.id,
+                            outgoing: false,
+                            counter: content.counter,
+                            sent_at_ms: content.sent_at_ms,
+                            text: text.clone(),
+                            status: Status::Sent,
+                            recalled: false,
+                        },
+                        Some(seq),
+                    )
+                    .await?;
+                vec![Event::Message(Received {
+                    from: contact.name.clone(),
+                    address: contact.address().to_string(),
+                    id: content.id,
+                    text,
+                    sent_at_ms: content.sent_at_ms,
+                    counter: content.counter,
+                    seq,
+                })]
+            }
+            Body::Receipt(kind, ids) => {
+                let status = match kind {
+                    ReceiptKind::Delivered => Status::Delivered,
+                    ReceiptKind::Read => Status::Read,
+                };
+                let mut events = Vec::new();
+                for id in ids {
+                    if Profile::raise_status(tx, &id, status).await? {
+                        events.push(Event::Status {
+                            contact: contact.name.clone(),
+                            id,
+                            status,
+                        });
+                    }
+                }
+                events
+            }
+            Body::Typing(typing) => vec![Event::Typing {
+                contact: contact.name.clone(),
+                typing,
+            }],
+            Body::Recall(id) => {
+                if self
+                    .profile
+                    .recall(&mut self.rng, tx, contact.id, &id, false)
+                    .await?
+                {
+                    vec![Event::Recalled {
+                        contact: contact.name.clone(),
+                        id,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            }
+        })
+    }
+}
+
+/// Orders the messages among `events` by sender counter within each
+/// sender, keeping everything else where it is.
+fn order_events(events: &mut [Event]) {
+    let mut by_sender: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Event::Message(m) = e {
+            by_sender.entry(m.from.clone()).or_default().push(i);
+        }
+    }
+    for slots in by_sender.values() {
+        let mut messages: Vec<Event> = slots.iter().map(|i| events[*i].clone()).collect();
+        messages.sort_by_key(|e| match e {
+            Event::Message(m) => m.counter,
+            _ => 0,
+        });
+        for (slot, message) in slots.iter().zip(messages) {
+            events[*slot] = message;
+        }
+    }
+}

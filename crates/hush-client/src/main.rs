@@ -1,0 +1,3 @@
+//! `hush`: the hush command-line client.
+
+fn main() {}
