@@ -98,6 +98,8 @@ pub struct Options {
     pub retry_max: Duration,
     /// How long to wait for each relay answer.
     pub request_timeout: Duration,
+    /// How long to wait for the relay's handshake.
+    pub connect_timeout: Duration,
     /// A signed prekey older than this is replaced.
     pub signed_prekey_rotation: Duration,
     /// A replaced signed prekey (and an unused one-time prekey) is kept
@@ -112,6 +114,7 @@ impl Default for Options {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
             signed_prekey_rotation: Duration::from_secs(7 * 24 * 3600),
             prekey_grace: Duration::from_secs(30 * 24 * 3600),
         }
@@ -343,6 +346,8 @@ impl Client {
     async fn new_signed_prekeys(&mut self) -> Result<(), ClientError> {
         let first = self.next_prekey_id(2).await?;
         let signed = SignedPreKeyPair::generate(&mut self.rng, &self.identity, first);
+        let first_time = self.profile.meta("last_resort_prekey").await?.is_none();
+        // The profile has one connection: no other query while `tx` is open.
         let mut tx = self.profile.begin().await?;
         self.profile
             .put_prekey(
@@ -355,7 +360,7 @@ impl Client {
             .await?;
         Profile::set_meta(&mut tx, "signed_prekey", &first.to_be_bytes()).await?;
         Profile::set_meta(&mut tx, "signed_prekey_at", &now_ms().to_be_bytes()).await?;
-        if self.profile.meta("last_resort_prekey").await?.is_none() {
+        if first_time {
             let last =
                 SignedPreKeyPair::generate_last_resort(&mut self.rng, &self.identity, first + 1);
             self.profile
@@ -463,7 +468,17 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<RelayClient, ClientError> {
-        let mut relay = RelayClient::connect(self.relay, self.pin).await?;
+        let mut relay = tokio::time::timeout(
+            self.options.connect_timeout,
+            RelayClient::connect(self.relay, self.pin),
+        )
+        .await
+        .map_err(|_| {
+            ClientError::Relay(RelayError::Connect {
+                addr: self.relay,
+                reason: format!("no answer within {:?}", self.options.connect_timeout),
+            })
+        })??;
         relay.set_timeout(self.options.request_timeout);
         Ok(relay)
     }
@@ -831,24 +846,29 @@ impl Client {
         Ok(events)
     }
 
-    /// Waits for the next pushed envelope on the authenticated connection
-    /// (which must be live: after [`Self::sync`]), processes it and acks
-    /// it. `None` when the connection is gone.
-    pub async fn next_push(&mut self) -> Result<Option<Vec<Event>>, ClientError> {
-        let Some(inbox) = self.inbox.as_mut() else {
-            return Ok(None);
-        };
-        let Some(envelope) = inbox.next_push().await else {
+    /// Waits for the next envelope pushed on the authenticated
+    /// connection (live after [`Self::sync`]); `None` once the connection
+    /// is gone. Cancel-safe: an envelope is never half taken.
+    pub async fn wait_push(&mut self) -> Option<proto::Envelope> {
+        let envelope = self.inbox.as_mut()?.next_push().await;
+        if envelope.is_none() {
             self.inbox = None;
-            return Ok(None);
-        };
+        }
+        envelope
+    }
+
+    /// Processes a pushed envelope and acks it once stored.
+    pub async fn handle_push(
+        &mut self,
+        envelope: proto::Envelope,
+    ) -> Result<Vec<Event>, ClientError> {
         let seq = envelope.seq;
         let mut events = self.receive(envelope).await?;
         if let Some(inbox) = self.inbox.as_ref() {
             inbox.ack(vec![seq]).await?;
         }
         events.extend(self.send_delivery_receipts(&events).await?);
-        Ok(Some(events))
+        Ok(events)
     }
 
     async fn send_delivery_receipts(
@@ -907,6 +927,11 @@ impl Client {
             return Ok(Vec::new());
         };
 
+        // Read before the transaction: the profile has one connection.
+        let prekeys = match &message {
+            SessionMessage::PreKey(_) => Some(self.prekeys().await?),
+            SessionMessage::Ratchet(_) => None,
+        };
         let mut tx = self.profile.begin().await?;
         let contact = match Profile::contact_by_identity(&mut tx, &opened.sender).await? {
             Some(c) => c,
@@ -932,8 +957,10 @@ impl Client {
                     .as_ref()
                     .is_none_or(|s| s.base_key() != &pre.base_key) =>
             {
-                let prekeys = self.prekeys().await?;
-                match Session::respond(&self.identity, &prekeys, pre) {
+                let Some(prekeys) = prekeys.as_ref() else {
+                    return Ok(Vec::new());
+                };
+                match Session::respond(&self.identity, prekeys, pre) {
                     Ok((new, plaintext)) => {
                         if let Some(PreKeyRef::OneTime(id)) = pre.extra {
                             used_one_time = Some(id);
