@@ -170,6 +170,80 @@ pub struct Received {
     pub seq: u64,
 }
 
+/// Sessions kept with one contact: the current one first, then up to
+/// [`Sessions::KEPT`] - 1 earlier ones (`spec/client.md`, "Sessions").
+///
+/// When both sides start a session at the same time, each first answers
+/// the other's: both then hold two sessions, and each decrypts with
+/// whichever one a message belongs to. A session that decrypts a message
+/// becomes the current one, so the two sides settle on the same session
+/// after one message each way, and messages sent meanwhile still open.
+#[derive(Default)]
+struct Sessions {
+    list: Vec<Session>,
+}
+
+impl Sessions {
+    /// Sessions kept per contact.
+    const KEPT: usize = 5;
+
+    fn from_bytes(bytes: &[u8]) -> Result<Self, ClientError> {
+        let damaged = || ProfileError::Damaged("session list".into());
+        let mut list = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
+            let len = u32::from_be_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err(damaged().into());
+            }
+            let (one, tail) = tail.split_at(len);
+            list.push(Session::from_bytes(one).map_err(|e| ProfileError::Damaged(e.to_string()))?);
+            rest = tail;
+        }
+        Ok(Self { list })
+    }
+
+    /// `u32be(len) || session` for each, current first. Secret.
+    fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::new());
+        for session in &self.list {
+            let bytes = session.to_bytes();
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        out
+    }
+
+    fn put_first(&mut self, session: Session) {
+        self.list.insert(0, session);
+        self.list.truncate(Self::KEPT);
+    }
+
+    fn has_base_key(&self, base_key: &[u8; 32]) -> bool {
+        self.list.iter().any(|s| s.base_key() == base_key)
+    }
+
+    /// Decrypts with the first session that can (a failed attempt
+    /// changes no session), and makes it the current one.
+    fn decrypt(&mut self, message: &SessionMessage) -> Result<Vec<u8>, String> {
+        let mut last = "no session with the sender".to_string();
+        for i in 0..self.list.len() {
+            match self.list[i].decrypt(message) {
+                Ok(plaintext) => {
+                    let session = self.list.remove(i);
+                    self.list.insert(0, session);
+                    return Ok(plaintext);
+                }
+                // Already decrypted once: no other session will do better.
+                Err(hush_crypto::DecryptError::Duplicate) => return Err("duplicate message".into()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
+}
+
 /// The prekey secrets, for [`Session::respond`].
 struct Prekeys {
     signed: Vec<SignedPreKeyPair>,
@@ -527,6 +601,12 @@ impl Client {
         self.outbox = None;
     }
 
+    /// Closes the connections and the profile (another process may open
+    /// it as soon as this returns).
+    pub async fn close(self) {
+        self.profile.close().await;
+    }
+
     /// Adds a contact by address, or changes the address of a known name
     /// (which marks the contact changed and unverified: sending then
     /// waits for the user to accept). Returns the contact and whether its
@@ -594,15 +674,18 @@ impl Client {
         let mut tx = self.profile.begin().await?;
         let stored = self.profile.session(&mut tx, contact.id).await?;
         drop(tx);
-        let mut session = match stored {
-            Some(bytes) => {
-                Session::from_bytes(&bytes).map_err(|e| ProfileError::Damaged(e.to_string()))?
-            }
-            None => {
-                let bundle = self.outbox().await?.fetch_bundle(&contact.identity).await?;
-                Session::initiate(&mut self.rng, &self.identity, &bundle)
-                    .map_err(|e| ClientError::Crypto(e.to_string()))?
-            }
+        let mut sessions = match stored {
+            Some(bytes) => Sessions::from_bytes(&bytes)?,
+            None => Sessions::default(),
+        };
+        if sessions.list.is_empty() {
+            let bundle = self.outbox().await?.fetch_bundle(&contact.identity).await?;
+            let session = Session::initiate(&mut self.rng, &self.identity, &bundle)
+                .map_err(|e| ClientError::Crypto(e.to_string()))?;
+            sessions.put_first(session);
+        }
+        let Some(session) = sessions.list.first_mut() else {
+            return Err(ClientError::Crypto("no session".into()));
         };
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
@@ -629,7 +712,7 @@ impl Client {
         )
         .map_err(|e| ClientError::Crypto(e.to_string()))?;
         self.profile
-            .put_session(&mut self.rng, &mut tx, contact.id, &session.to_bytes())
+            .put_session(&mut self.rng, &mut tx, contact.id, &sessions.to_bytes())
             .await?;
         if let Body::Text(text) = &content.body {
             self.profile
@@ -829,16 +912,38 @@ impl Client {
     /// outbox holds first. Returns what happened, each sender's messages
     /// in its counter order.
     pub async fn sync(&mut self) -> Result<Vec<Event>, ClientError> {
+        self.sync_up_to(usize::MAX).await
+    }
+
+    /// [`Self::sync`], but stops after storing `max` envelopes, before
+    /// acknowledging the page they came in: they come again next time
+    /// (and are recognised), as after a crash between storing and
+    /// acknowledging.
+    pub async fn sync_up_to(&mut self, max: usize) -> Result<Vec<Event>, ClientError> {
+        let result = self.sync_pages(max).await;
+        if result.is_err() {
+            // A failed exchange may have left the connection unusable.
+            self.inbox = None;
+        }
+        result
+    }
+
+    async fn sync_pages(&mut self, max: usize) -> Result<Vec<Event>, ClientError> {
         let mut events = self.flush().await.unwrap_or_default();
         let mut after = 0u64;
-        loop {
+        let mut stored = 0usize;
+        'pages: loop {
             let page = self.inbox().await?.fetch_page(after).await?;
             if page.envelopes.is_empty() {
                 break;
             }
             for envelope in page.envelopes {
+                if stored == max {
+                    break 'pages;
+                }
                 after = after.max(envelope.seq);
                 events.extend(self.receive(envelope).await?);
+                stored += 1;
             }
         }
         events.extend(self.send_delivery_receipts(&events).await?);
@@ -944,19 +1049,13 @@ impl Client {
             }
         };
         let stored = self.profile.session(&mut tx, contact.id).await?;
-        let mut session = match stored {
-            Some(bytes) => Some(
-                Session::from_bytes(&bytes).map_err(|e| ProfileError::Damaged(e.to_string()))?,
-            ),
-            None => None,
+        let mut sessions = match stored {
+            Some(bytes) => Sessions::from_bytes(&bytes)?,
+            None => Sessions::default(),
         };
         let mut used_one_time = None;
         let plaintext = match &message {
-            SessionMessage::PreKey(pre)
-                if session
-                    .as_ref()
-                    .is_none_or(|s| s.base_key() != &pre.base_key) =>
-            {
+            SessionMessage::PreKey(pre) if !sessions.has_base_key(&pre.base_key) => {
                 let Some(prekeys) = prekeys.as_ref() else {
                     return Ok(Vec::new());
                 };
@@ -965,16 +1064,13 @@ impl Client {
                         if let Some(PreKeyRef::OneTime(id)) = pre.extra {
                             used_one_time = Some(id);
                         }
-                        session = Some(new);
+                        sessions.put_first(new);
                         Ok(plaintext)
                     }
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => match session.as_mut() {
-                Some(s) => s.decrypt(&message).map_err(|e| e.to_string()),
-                None => Err("no session with the sender".to_string()),
-            },
+            _ => sessions.decrypt(&message),
         };
         let plaintext = match plaintext {
             Ok(p) => Zeroizing::new(p),
@@ -983,11 +1079,8 @@ impl Client {
                 return Ok(Vec::new());
             }
         };
-        let Some(session) = session else {
-            return Ok(Vec::new());
-        };
         self.profile
-            .put_session(&mut self.rng, &mut tx, contact.id, &session.to_bytes())
+            .put_session(&mut self.rng, &mut tx, contact.id, &sessions.to_bytes())
             .await?;
         if let Some(id) = used_one_time {
             Profile::delete_prekey(&mut tx, PrekeyKind::OneTime, id).await?;

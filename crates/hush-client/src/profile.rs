@@ -413,6 +413,11 @@ impl Profile {
         Ok(kind.as_deref() == Some(b"passphrase"))
     }
 
+    /// Closes the database (the file is free once this returns).
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
     /// The profile directory.
     pub fn home(&self) -> &Path {
         &self.home

@@ -113,3 +113,25 @@ fn mistakes_get_one_line_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("relay"));
 }
+
+/// Both start a session at once (each sends before receiving anything):
+/// both sessions work, and the two sides settle on one.
+#[test]
+fn simultaneous_first_messages_both_arrive_and_the_conversation_goes_on() {
+    let relay = Relay::start("simultaneous");
+    let (alice, bob) = (temp_dir("sim-alice"), temp_dir("sim-bob"));
+    let a = init(&alice, &relay);
+    let b = init(&bob, &relay);
+    hush_ok(&alice, &["contact", "add", "bob", &b]);
+    hush_ok(&bob, &["contact", "add", "alice", &a]);
+    hush_ok(&alice, &["send", "bob", "a1"]);
+    hush_ok(&bob, &["send", "alice", "b1"]);
+    assert_eq!(hush_ok(&bob, &["sync"]), "alice: a1\n");
+    assert_eq!(hush_ok(&alice, &["sync"]), "bob: b1\n");
+    for round in 2..6 {
+        hush_ok(&alice, &["send", "bob", &format!("a{round}")]);
+        hush_ok(&bob, &["send", "alice", &format!("b{round}")]);
+        assert_eq!(hush_ok(&bob, &["sync"]), format!("alice: a{round}\n"));
+        assert_eq!(hush_ok(&alice, &["sync"]), format!("bob: b{round}\n"));
+    }
+}
