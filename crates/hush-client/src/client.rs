@@ -601,6 +601,28 @@ impl Client {
         self.outbox = None;
     }
 
+    /// Moves both connections to new local UDP sockets (QUIC migration),
+    /// as when a phone changes networks; the conversation goes on.
+    /// Returns the new local address of the authenticated connection.
+    pub fn rebind(&self) -> std::io::Result<Option<SocketAddr>> {
+        let mut local = None;
+        for (i, relay) in [&self.inbox, &self.outbox].into_iter().enumerate() {
+            if let Some(relay) = relay {
+                let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?;
+                relay.rebind(socket)?;
+                if i == 0 {
+                    local = Some(relay.local_addr()?);
+                }
+            }
+        }
+        Ok(local)
+    }
+
+    /// The local UDP address of the authenticated connection, if any.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inbox.as_ref().and_then(|r| r.local_addr().ok())
+    }
+
     /// Closes the connections and the profile (another process may open
     /// it as soon as this returns).
     pub async fn close(self) {

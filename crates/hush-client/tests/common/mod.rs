@@ -169,3 +169,159 @@ pub fn init(home: &Path, relay: &Relay) -> String {
     .trim()
     .to_string()
 }
+
+/// A UDP proxy between clients and a relay that drops, duplicates,
+/// delays and reorders a fraction of the datagrams in both directions
+/// (each impairment a quarter of `fraction`).
+pub struct LossyProxy {
+    pub addr: SocketAddr,
+    pub stats: std::sync::Arc<ProxyStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default, Debug)]
+pub struct ProxyStats {
+    pub forwarded: std::sync::atomic::AtomicU64,
+    pub dropped: std::sync::atomic::AtomicU64,
+    pub duplicated: std::sync::atomic::AtomicU64,
+    pub delayed: std::sync::atomic::AtomicU64,
+    pub reordered: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What to do with one datagram.
+enum Fate {
+    Pass,
+    Drop,
+    Duplicate,
+    Delay(Duration),
+    Reorder,
+}
+
+struct Impair {
+    rng: std::sync::Mutex<rand_chacha::ChaCha20Rng>,
+    fraction: f64,
+    stats: std::sync::Arc<ProxyStats>,
+}
+
+impl Impair {
+    fn fate(&self) -> Fate {
+        use rand_core::Rng;
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let roll = (rng.next_u32() as f64) / (u32::MAX as f64);
+        let quarter = self.fraction / 4.0;
+        let fate = if roll < quarter {
+            self.stats.dropped.fetch_add(1, Relaxed);
+            Fate::Drop
+        } else if roll < 2.0 * quarter {
+            self.stats.duplicated.fetch_add(1, Relaxed);
+            Fate::Duplicate
+        } else if roll < 3.0 * quarter {
+            self.stats.delayed.fetch_add(1, Relaxed);
+            Fate::Delay(Duration::from_millis(5 + u64::from(rng.next_u32() % 45)))
+        } else if roll < self.fraction {
+            self.stats.reordered.fetch_add(1, Relaxed);
+            Fate::Reorder
+        } else {
+            Fate::Pass
+        };
+        self.stats.forwarded.fetch_add(1, Relaxed);
+        fate
+    }
+}
+
+/// Sends `data` to `to` from `socket` as `impair` decides; a reordered
+/// datagram waits in `held` and goes after the next one.
+async fn forward(
+    socket: &std::sync::Arc<tokio::net::UdpSocket>,
+    to: SocketAddr,
+    data: Vec<u8>,
+    impair: &std::sync::Arc<Impair>,
+    held: &mut Option<Vec<u8>>,
+) {
+    match impair.fate() {
+        Fate::Drop => return,
+        Fate::Duplicate => {
+            let _ = socket.send_to(&data, to).await;
+            let _ = socket.send_to(&data, to).await;
+        }
+        Fate::Delay(wait) => {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = socket.send_to(&data, to).await;
+            });
+        }
+        Fate::Reorder => {
+            if let Some(previous) = held.replace(data) {
+                let _ = socket.send_to(&previous, to).await;
+            }
+            return;
+        }
+        Fate::Pass => {
+            let _ = socket.send_to(&data, to).await;
+        }
+    }
+    if let Some(previous) = held.take() {
+        let _ = socket.send_to(&previous, to).await;
+    }
+}
+
+impl LossyProxy {
+    pub async fn start(relay: SocketAddr, fraction: f64, seed: u8) -> Self {
+        use rand_core::SeedableRng;
+        use std::sync::Arc;
+        let front = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("binds"),
+        );
+        let addr = front.local_addr().expect("addr");
+        let stats = Arc::new(ProxyStats::default());
+        let impair = Arc::new(Impair {
+            rng: std::sync::Mutex::new(rand_chacha::ChaCha20Rng::from_seed([seed; 32])),
+            fraction,
+            stats: stats.clone(),
+        });
+        let task = tokio::spawn(async move {
+            let mut upstreams: std::collections::HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> =
+                std::collections::HashMap::new();
+            let mut held = None;
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                let upstream = match upstreams.get(&client) {
+                    Some(u) => u.clone(),
+                    None => {
+                        let Ok(u) = tokio::net::UdpSocket::bind("127.0.0.1:0").await else {
+                            continue;
+                        };
+                        let u = Arc::new(u);
+                        upstreams.insert(client, u.clone());
+                        // Relay -> client, through the same impairments.
+                        let (u2, front2, impair2) = (u.clone(), front.clone(), impair.clone());
+                        tokio::spawn(async move {
+                            let mut held = None;
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok((n, _)) = u2.recv_from(&mut buf).await {
+                                forward(&front2, client, buf[..n].to_vec(), &impair2, &mut held)
+                                    .await;
+                            }
+                        });
+                        u
+                    }
+                };
+                forward(&upstream, relay, buf[..n].to_vec(), &impair, &mut held).await;
+            }
+        });
+        Self { addr, stats, task }
+    }
+}
