@@ -9,7 +9,10 @@
 //! hush [--home DIR] listen [--json]
 //! hush [--home DIR] verify NAME [--accept]
 //! hush [--home DIR] history NAME [--json]
+//! hush [--home DIR] chat NAME
 //! ```
+
+mod chat;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +40,7 @@ const USAGE: &str = "usage: hush [--home DIR] COMMAND
   verify NAME [--accept]  print the safety number (--accept: mark verified,
                           accepting a changed identity)
   history NAME [--json]   print the conversation
+  chat NAME               talk with NAME in the terminal (Enter sends, Esc leaves)
 
 The profile directory is --home, else HUSH_HOME, else ~/.hush.";
 
@@ -308,6 +312,11 @@ async fn run(raw: Vec<String>) -> Result<()> {
                     println!("{who}: {text}{mark}");
                 }
             }
+        }
+        "chat" => {
+            let w = args.words(2, "chat NAME")?;
+            let mut client = open(&args, options).await?;
+            chat::run(&mut client, &w[1]).await?;
         }
         other => bail!("unknown command {other:?} (see hush --help)"),
     }
