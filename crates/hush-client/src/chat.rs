@@ -208,6 +208,7 @@ async fn chat_loop(
             push = client.wait_push(), if *live => match push {
                 Some(envelope) => match client.handle_push(envelope).await {
                     Ok(events) => {
+                        let _ = client.send_receipts().await;
                         for event in events {
                             match event {
                                 Event::Typing { contact, typing } if contact == screen.name => {

@@ -308,6 +308,8 @@ pub struct Client {
     /// Unauthenticated: sends and bundle fetches.
     outbox: Option<RelayClient>,
     options: Options,
+    /// Messages stored but not yet receipted, by sender name.
+    receipts: BTreeMap<String, Vec<MessageId>>,
 }
 
 impl core::fmt::Debug for Client {
@@ -344,6 +346,7 @@ impl Client {
             inbox: None,
             outbox: None,
             options,
+            receipts: BTreeMap::new(),
         };
         let registered = async {
             client.new_signed_prekeys().await?;
@@ -389,6 +392,7 @@ impl Client {
             inbox: None,
             outbox: None,
             options,
+            receipts: BTreeMap::new(),
         })
     }
 
@@ -693,6 +697,18 @@ impl Client {
     /// in one transaction. The session is made from a fetched bundle if
     /// there is none.
     async fn queue(&mut self, contact: &Contact, body: Body) -> Result<MessageId, ClientError> {
+        self.queue_many(contact, vec![body])
+            .await?
+            .pop()
+            .ok_or_else(|| ClientError::Crypto("nothing queued".into()))
+    }
+
+    /// [`Self::queue`] for several bodies, in order, in one transaction.
+    async fn queue_many(
+        &mut self,
+        contact: &Contact,
+        bodies: Vec<Body>,
+    ) -> Result<Vec<MessageId>, ClientError> {
         let mut tx = self.profile.begin().await?;
         let stored = self.profile.session(&mut tx, contact.id).await?;
         drop(tx);
@@ -706,70 +722,97 @@ impl Client {
                 .map_err(|e| ClientError::Crypto(e.to_string()))?;
             sessions.put_first(session);
         }
-        let Some(session) = sessions.list.first_mut() else {
-            return Err(ClientError::Crypto("no session".into()));
-        };
-        let mut id = [0u8; 16];
-        self.rng.fill_bytes(&mut id);
         let mut tx = self.profile.begin().await?;
-        let counter = Profile::next_counter(&mut tx, contact.id).await?;
-        let now = now_ms();
-        let content = Content {
-            id,
-            sent_at_ms: now,
-            counter,
-            body,
-        };
-        let plaintext = Zeroizing::new(content.to_bytes());
-        let message = session
-            .encrypt(&mut self.rng, &plaintext)
+        let mut ids = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let Some(session) = sessions.list.first_mut() else {
+                return Err(ClientError::Crypto("no session".into()));
+            };
+            let mut id = [0u8; 16];
+            self.rng.fill_bytes(&mut id);
+            let counter = Profile::next_counter(&mut tx, contact.id).await?;
+            let now = now_ms();
+            let content = Content {
+                id,
+                sent_at_ms: now,
+                counter,
+                body,
+            };
+            let plaintext = Zeroizing::new(content.to_bytes());
+            let message = session
+                .encrypt(&mut self.rng, &plaintext)
+                .map_err(|e| ClientError::Crypto(e.to_string()))?;
+            let sealed = hush_crypto::seal(
+                &mut self.rng,
+                &self.identity,
+                DEVICE,
+                &contact.identity,
+                message.content_type(),
+                &message.to_bytes(),
+            )
             .map_err(|e| ClientError::Crypto(e.to_string()))?;
-        let sealed = hush_crypto::seal(
-            &mut self.rng,
-            &self.identity,
-            DEVICE,
-            &contact.identity,
-            message.content_type(),
-            &message.to_bytes(),
-        )
-        .map_err(|e| ClientError::Crypto(e.to_string()))?;
+            if let Body::Text(text) = &content.body {
+                self.profile
+                    .put_message(
+                        &mut self.rng,
+                        &mut tx,
+                        &StoredMessage {
+                            id,
+                            contact: contact.id,
+                            outgoing: true,
+                            counter,
+                            sent_at_ms: now,
+                            text: text.clone(),
+                            status: Status::Sending,
+                            recalled: false,
+                        },
+                        None,
+                    )
+                    .await?;
+            }
+            Profile::put_outgoing(
+                &mut tx,
+                contact.id,
+                &Outgoing {
+                    message_id: id,
+                    device_key: *contact.identity.as_bytes(),
+                    body: sealed.body.to_bytes(),
+                    slot: sealed.slot,
+                    first_attempt_ms: now,
+                    attempts: 0,
+                },
+            )
+            .await?;
+            ids.push(id);
+        }
         self.profile
             .put_session(&mut self.rng, &mut tx, contact.id, &sessions.to_bytes())
             .await?;
-        if let Body::Text(text) = &content.body {
-            self.profile
-                .put_message(
-                    &mut self.rng,
-                    &mut tx,
-                    &StoredMessage {
-                        id,
-                        contact: contact.id,
-                        outgoing: true,
-                        counter,
-                        sent_at_ms: now,
-                        text: text.clone(),
-                        status: Status::Sending,
-                        recalled: false,
-                    },
-                    None,
-                )
-                .await?;
-        }
-        Profile::put_outgoing(
-            &mut tx,
-            contact.id,
-            &Outgoing {
-                message_id: id,
-                device_key: *contact.identity.as_bytes(),
-                body: sealed.body.to_bytes(),
-                slot: sealed.slot,
-                first_attempt_ms: now,
-                attempts: 0,
-            },
-        )
-        .await?;
         tx.commit().await.map_err(ProfileError::from)?;
-        Ok(id)
+        Ok(ids)
+    }
+
+    /// Stores several texts for `name` (one transaction) and makes the
+    /// first attempt for all of them at once. Returns their ids, in order.
+    pub async fn send_texts(
+        &mut self,
+        name: &str,
+        texts: &[String],
+    ) -> Result<Vec<MessageId>, ClientError> {
+        if texts
+            .iter()
+            .any(|t| t.is_empty() || t.len() > crate::content::MAX_TEXT)
+        {
+            return Err(ClientError::BadText);
+        }
+        let contact = self.contact(name).await?;
+        if contact.changed {
+            return Err(ClientError::IdentityChanged(contact.name));
+        }
+        let bodies = texts.iter().map(|t| Body::Text(t.clone())).collect();
+        let ids = self.queue_many(&contact, bodies).await?;
+        let _ = self.flush().await;
+        Ok(ids)
     }
 
     /// Stores a text for `name` and makes the first attempt to hand it to
@@ -833,35 +876,67 @@ impl Client {
         Duration::from_millis(capped / 2 + jitter)
     }
 
-    /// Makes one attempt for every outbox entry that is due. Returns the
-    /// events (statuses) it caused.
+    /// Makes one attempt for every outbox entry that is due: all sends
+    /// go out at once (pipelined on one connection), then the answers
+    /// are taken, and every outcome is stored in one transaction. Returns
+    /// the events (statuses) it caused.
     pub async fn flush(&mut self) -> Result<Vec<Event>, ClientError> {
         let now = now_ms();
         let due = self.profile.due(now).await?;
-        let mut events = Vec::new();
-        for out in due {
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut results: Vec<Result<(), ClientError>> = Vec::with_capacity(due.len());
+        match self.outbox().await {
+            Err(e) => {
+                let reason = e.to_string();
+                results.extend(
+                    due.iter()
+                        .map(|_| Err(ClientError::Relay(RelayError::Closed(reason.clone())))),
+                );
+            }
+            Ok(relay) => {
+                let mut started = Vec::with_capacity(due.len());
+                for out in &due {
+                    started.push(
+                        relay
+                            .start(hush_proto::relay::client_frame::Request::Send(
+                                proto::Send {
+                                    message_id: out.message_id.to_vec(),
+                                    body: out.body.clone(),
+                                    recipients: vec![proto::Recipient {
+                                        device_key: out.device_key.to_vec(),
+                                        slot: out.slot.to_vec(),
+                                    }],
+                                },
+                            ))
+                            .await,
+                    );
+                }
+                for answer in started {
+                    results.push(match answer {
+                        Ok(answer) => match relay.finish(answer).await {
+                            Ok(proto::relay_frame::Body::Sent(_)) => Ok(()),
+                            Ok(_) => Err(ClientError::Relay(RelayError::Unexpected)),
+                            Err(e) => Err(e.into()),
+                        },
+                        Err(e) => Err(e.into()),
+                    });
+                }
+            }
+        }
+        let mut settled = Vec::new();
+        let mut later = Vec::new();
+        for (out, result) in due.iter().zip(results) {
             let expired = now.saturating_sub(out.first_attempt_ms)
                 > self.options.retry_window.as_millis() as u64;
-            let result = match self.outbox().await {
-                Ok(relay) => relay
-                    .send(
-                        out.message_id,
-                        out.body.clone(),
-                        &[(out.device_key, out.slot)],
-                    )
-                    .await
-                    .map_err(ClientError::from),
-                Err(e) => Err(e),
-            };
-            let status = match result {
-                Ok(_) => Some(Status::Sent),
+            match result {
+                Ok(()) => settled.push((out, Status::Sent)),
+                // The recipient is not registered: retrying cannot help.
                 Err(ClientError::Relay(RelayError::Relay {
                     code: proto::ErrorCode::UnknownDevice,
                     ..
-                })) => {
-                    // The recipient is not registered: retrying cannot help.
-                    Some(Status::Failed)
-                }
+                })) => settled.push((out, Status::Failed)),
                 Err(e) => {
                     tracing::debug!(error = %e, "send attempt failed");
                     if matches!(
@@ -875,25 +950,36 @@ impl Client {
                         self.outbox = None;
                     }
                     if expired {
-                        Some(Status::Failed)
+                        settled.push((out, Status::Failed));
                     } else {
                         let wait = self.backoff(out.attempts);
-                        self.profile
-                            .retry_later(&out.message_id, now_ms() + wait.as_millis() as u64)
-                            .await?;
-                        None
+                        later.push((out.message_id, now_ms() + wait.as_millis() as u64));
                     }
                 }
-            };
-            if let Some(status) = status {
-                self.profile.settle(&out.message_id, status).await?;
-                if let Some(contact) = self.contact_of(&out.device_key).await? {
-                    events.push(Event::Status {
-                        contact,
-                        id: out.message_id,
-                        status,
-                    });
+            }
+        }
+        let outcomes: Vec<(MessageId, Status)> = settled
+            .iter()
+            .map(|(out, status)| (out.message_id, *status))
+            .collect();
+        self.profile.settle(&outcomes, &later).await?;
+        let mut events = Vec::with_capacity(settled.len());
+        let mut names: BTreeMap<[u8; 32], Option<String>> = BTreeMap::new();
+        for (out, status) in settled {
+            let name = match names.get(&out.device_key) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = self.contact_of(&out.device_key).await?;
+                    names.insert(out.device_key, name.clone());
+                    name
                 }
+            };
+            if let Some(contact) = name {
+                events.push(Event::Status {
+                    contact: contact.clone(),
+                    id: out.message_id,
+                    status,
+                });
             }
         }
         Ok(events)
@@ -968,7 +1054,7 @@ impl Client {
                 stored += 1;
             }
         }
-        events.extend(self.send_delivery_receipts(&events).await?);
+        events.extend(self.send_receipts().await?);
         order_events(&mut events);
         Ok(events)
     }
@@ -984,30 +1070,31 @@ impl Client {
         envelope
     }
 
-    /// Processes a pushed envelope and acks it once stored.
+    /// Processes a pushed envelope and returns what happened as soon as
+    /// it is stored; the acknowledgement goes to the relay without
+    /// waiting for its answer (a lost one means the envelope comes again
+    /// and is recognised). Delivery receipts wait for
+    /// [`Self::send_receipts`].
     pub async fn handle_push(
         &mut self,
         envelope: proto::Envelope,
     ) -> Result<Vec<Event>, ClientError> {
         let seq = envelope.seq;
-        let mut events = self.receive(envelope).await?;
+        let events = self.receive(envelope).await?;
         if let Some(inbox) = self.inbox.as_ref() {
-            inbox.ack(vec![seq]).await?;
+            let _ = inbox
+                .start(hush_proto::relay::client_frame::Request::Ack(proto::Ack {
+                    seqs: vec![seq],
+                }))
+                .await;
         }
-        events.extend(self.send_delivery_receipts(&events).await?);
         Ok(events)
     }
 
-    async fn send_delivery_receipts(
-        &mut self,
-        events: &[Event],
-    ) -> Result<Vec<Event>, ClientError> {
-        let mut by_contact: BTreeMap<String, Vec<MessageId>> = BTreeMap::new();
-        for event in events {
-            if let Event::Message(m) = event {
-                by_contact.entry(m.from.clone()).or_default().push(m.id);
-            }
-        }
+    /// Sends a delivery receipt to every sender of messages stored since
+    /// the last call (one per sender), then flushes the outbox.
+    pub async fn send_receipts(&mut self) -> Result<Vec<Event>, ClientError> {
+        let by_contact = std::mem::take(&mut self.receipts);
         for (name, ids) in by_contact {
             let Ok(contact) = self.contact(&name).await else {
                 continue;
@@ -1119,6 +1206,12 @@ impl Client {
             }
         }
         tx.commit().await.map_err(ProfileError::from)?;
+        // Stored: the senders may now be told.
+        for event in &events {
+            if let Event::Message(m) = event {
+                self.receipts.entry(m.from.clone()).or_default().push(m.id);
+            }
+        }
         Ok(events)
     }
 

@@ -345,7 +345,10 @@ async fn listen(client: &mut Client, json: bool) -> Result<()> {
                     };
                     let Some(envelope) = push else { break };
                     match client.handle_push(envelope).await {
-                        Ok(events) => print_events(&events, json),
+                        Ok(events) => {
+                            print_events(&events, json);
+                            let _ = client.send_receipts().await;
+                        }
                         Err(e) => {
                             eprintln!("hush: {e}");
                             break;

@@ -981,27 +981,34 @@ impl Profile {
         ))
     }
 
-    /// Records a failed attempt: the next one is due at `next_ms`.
-    pub async fn retry_later(&self, id: &MessageId, next_ms: u64) -> Result<(), ProfileError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ? WHERE message_id = ?",
-        )
-        .bind(i64_of(next_ms))
-        .bind(&id[..])
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Removes an envelope from the outbox (acknowledged, or given up)
-    /// and sets its message's status, in one transaction.
-    pub async fn settle(&self, id: &MessageId, status: Status) -> Result<(), ProfileError> {
+    /// Stores the outcome of a round of attempts in one transaction:
+    /// `settled` envelopes leave the outbox with their message's status;
+    /// `later` ones are due again at the given time.
+    pub async fn settle(
+        &self,
+        settled: &[(MessageId, Status)],
+        later: &[(MessageId, u64)],
+    ) -> Result<(), ProfileError> {
+        if settled.is_empty() && later.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM outbox WHERE message_id = ?")
+        for (id, status) in settled {
+            sqlx::query("DELETE FROM outbox WHERE message_id = ?")
+                .bind(&id[..])
+                .execute(&mut *tx)
+                .await?;
+            Self::raise_status(&mut tx, id, *status).await?;
+        }
+        for (id, next_ms) in later {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ? WHERE message_id = ?",
+            )
+            .bind(i64_of(*next_ms))
             .bind(&id[..])
             .execute(&mut *tx)
             .await?;
-        Self::raise_status(&mut tx, id, status).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

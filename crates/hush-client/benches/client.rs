@@ -1,0 +1,233 @@
+//! Client benchmarks against the real `hush-relay` binary (release) on
+//! loopback QUIC, with real profiles (SQLite, `synchronous = FULL`):
+//!
+//! 1. first-message latency: bundle fetch + X3DH + encrypt + store +
+//!    send + the relay's push + the recipient's decrypt and store;
+//! 2. steady-state latency of one message, sender's call to recipient's
+//!    stored message (p50/p99);
+//! 3. messages per second one client pushes through encrypt, persist,
+//!    send and the relay's acknowledgement.
+//!
+//! `cargo bench -p hush-client --bench client [-- first|steady|push]`
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hush_client::client::Event;
+use hush_client::{Client, Options, Unlock};
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hush-bench-client-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Relay {
+    child: Child,
+    addr: String,
+    pin: [u8; 32],
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
+    let bin = dir.join("hush-relay");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "hush-relay",
+                "--bin",
+                "hush-relay",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+fn start_relay() -> Relay {
+    let bin = relay_binary();
+    let data = temp("relay");
+    let out = Command::new(&bin)
+        .args(["--data", data.to_str().unwrap(), "fingerprint"])
+        .output()
+        .unwrap();
+    let pin = hush_relay::client::parse_fingerprint(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = data.join("relay.toml");
+    std::fs::write(&config, "send_burst = 1000000\nsend_refill_micros = 1\nbundle_burst = 100000\nbundle_refill_secs = 1\n").unwrap();
+    let log = data.join("relay.log");
+    let child = Command::new(&bin)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &addr,
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Relay { child, addr, pin }
+}
+
+async fn client(relay: &Relay, name: &str) -> Client {
+    Client::init(
+        &temp(name),
+        &relay.addr,
+        relay.pin,
+        Unlock::KeyFile,
+        Options::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn introduce(a: &mut Client, a_name: &str, b: &mut Client, b_name: &str) {
+    let (aa, ba) = (a.address().to_string(), b.address().to_string());
+    a.add_contact(b_name, &ba).await.unwrap();
+    b.add_contact(a_name, &aa).await.unwrap();
+}
+
+/// Runs `client`'s receiving side in a task of its own: every message
+/// it stores is reported with the moment it was stored.
+fn receiver(mut client: Client) -> tokio::sync::mpsc::UnboundedReceiver<(String, Instant)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(envelope) = client.wait_push().await {
+            let events = client.handle_push(envelope).await.unwrap();
+            for event in events {
+                if let Event::Message(m) = event {
+                    let _ = tx.send((m.text, Instant::now()));
+                }
+            }
+            let _ = client.send_receipts().await;
+        }
+    });
+    rx
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn first(relay: &Relay) {
+    let mut alice = client(relay, "first-alice").await;
+    let mut times = Vec::new();
+    for i in 0..40 {
+        // A new recipient each time: no session yet.
+        let mut bob = client(relay, &format!("first-bob-{i}")).await;
+        let name = format!("bob{i}");
+        introduce(&mut alice, "alice", &mut bob, &name).await;
+        bob.sync().await.unwrap();
+        let mut stored = receiver(bob);
+        let start = Instant::now();
+        alice.send_text(&name, "first").await.unwrap();
+        let (_, at) = stored.recv().await.unwrap();
+        times.push((at - start).as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "first message (bundle fetch, X3DH, store, send, push, decrypt, store): p50 {:.2} ms, p99 {:.2} ms over {}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.len()
+    );
+}
+
+async fn steady(relay: &Relay) {
+    let mut alice = client(relay, "steady-alice").await;
+    let mut bob = client(relay, "steady-bob").await;
+    introduce(&mut alice, "alice", &mut bob, "bob").await;
+    alice.send_text("bob", "warm up").await.unwrap();
+    bob.sync().await.unwrap();
+    let mut stored = receiver(bob);
+    let mut times = Vec::new();
+    for n in 0..500 {
+        let start = Instant::now();
+        alice
+            .send_text("bob", &format!("steady {n}"))
+            .await
+            .unwrap();
+        let (_, at) = stored.recv().await.unwrap();
+        times.push((at - start).as_secs_f64() * 1e3);
+        // Let the receipt come back before the next one.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let _ = alice.sync().await;
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "steady state, sender's call to recipient's stored message: p50 {:.2} ms, p99 {:.2} ms over {}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.len()
+    );
+}
+
+async fn push(relay: &Relay) {
+    let mut alice = client(relay, "push-alice").await;
+    let mut bob = client(relay, "push-bob").await;
+    introduce(&mut alice, "alice", &mut bob, "bob").await;
+    alice.send_text("bob", "warm up").await.unwrap();
+    let n = 5_000;
+    let texts: Vec<String> = (0..n).map(|i| format!("message {i}")).collect();
+    let start = Instant::now();
+    let ids = alice.send_texts("bob", &texts).await.unwrap();
+    for id in &ids {
+        alice.wait_sent(id).await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "one client pushing {n} messages (encrypt, store, send, relay ack): {:.0} messages/s",
+        n as f64 / secs
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
+    let run = |name: &str| filter.is_empty() || filter == name;
+    let relay = start_relay();
+    if run("first") {
+        first(&relay).await;
+    }
+    if run("steady") {
+        steady(&relay).await;
+    }
+    if run("push") {
+        push(&relay).await;
+    }
+}
