@@ -38,7 +38,10 @@ mod state;
 pub mod x3dh;
 
 pub use address::Address;
-pub use envelope::{ContentType, Opened, SealedBody, SealedEnvelope, seal, seal_many};
+pub use envelope::{
+    Agreements, ContentType, Opened, SealedBody, SealedEnvelope, seal, seal_many, seal_many_with,
+    seal_with,
+};
 pub use error::{
     AddressError, DecodeError, DecryptError, EncryptError, KeyError, OpenError, SealError,
     X3dhError,

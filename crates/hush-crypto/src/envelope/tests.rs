@@ -28,6 +28,48 @@ fn seal_open_round_trip() {
 }
 
 #[test]
+fn cached_agreements_change_nothing_on_the_wire() {
+    let mut rng = ChaCha20Rng::from_seed([2; 32]);
+    let p = ids(&mut rng, 3);
+    let mut sealing = Agreements::new();
+    let mut opening = Agreements::new();
+    for round in 0..3u8 {
+        for (from, to) in [(0, 1), (2, 1), (1, 0)] {
+            let seed = [round.wrapping_add(from as u8 * 16 + to as u8); 32];
+            let plain = seal(
+                &mut ChaCha20Rng::from_seed(seed),
+                &p[from],
+                1,
+                p[to].public(),
+                ContentType::Ratchet,
+                b"same",
+            )
+            .expect("seals");
+            let cached = seal_with(
+                &mut ChaCha20Rng::from_seed(seed),
+                &mut sealing,
+                &p[from],
+                1,
+                p[to].public(),
+                ContentType::Ratchet,
+                b"same",
+            )
+            .expect("seals");
+            assert_eq!(plain, cached);
+            // One cache serves whichever identity opens: it starts over
+            // when the owner changes.
+            let opened = cached.open_with(&mut opening, &p[to]).expect("opens");
+            assert_eq!(opened.sender, *p[from].public());
+            assert_eq!(opened, cached.open(&p[to]).expect("opens"));
+            // A slot made for one recipient stays closed to another.
+            let other = (to + 1) % 3;
+            assert!(cached.open_with(&mut opening, &p[other]).is_err());
+        }
+    }
+    assert!(format!("{sealing:?}").starts_with("Agreements"));
+}
+
+#[test]
 fn sizes_fall_into_buckets() {
     let mut rng = ChaCha20Rng::from_seed([2; 32]);
     let p = ids(&mut rng, 2);
