@@ -203,9 +203,7 @@ async fn push(relay: &Relay) {
     let texts: Vec<String> = (0..n).map(|i| format!("message {i}")).collect();
     let start = Instant::now();
     let ids = alice.send_texts("bob", &texts).await.unwrap();
-    for id in &ids {
-        alice.wait_sent(id).await.unwrap();
-    }
+    alice.wait_sent(&ids).await.unwrap();
     let secs = start.elapsed().as_secs_f64();
     println!(
         "one client pushing {n} messages (encrypt, store, send, relay ack): {:.0} messages/s",

@@ -14,7 +14,7 @@
 //! told to delete it. A lost acknowledgement means the envelope comes
 //! again; its id is then already seen and nothing is shown twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +25,7 @@ use hush_crypto::{
     RatchetMessage, SafetyNumber, SealedBody, SealedEnvelope, Session, SessionMessage,
     SignedPreKeyPair,
 };
+use hush_crypto::{Agreements, seal_with};
 use hush_proto::relay as proto;
 use hush_relay::client::{ClientError as RelayError, RelayClient};
 use rand_chacha::ChaCha20Rng;
@@ -34,7 +35,8 @@ use zeroize::Zeroizing;
 
 use crate::content::{Body, Content, MessageId, ReceiptKind};
 use crate::profile::{
-    Contact, Outgoing, PrekeyKind, Profile, ProfileError, Status, StoredMessage, Unlock, now_ms,
+    Contact, Outgoing, PrekeyKind, Profile, ProfileError, Status, StoredMessage, Unlock, Writes,
+    now_ms,
 };
 
 /// This device's number in its sealed envelopes (one device per account
@@ -310,6 +312,20 @@ pub struct Client {
     options: Options,
     /// Messages stored but not yet receipted, by sender name.
     receipts: BTreeMap<String, Vec<MessageId>>,
+    /// The contacts as stored (loaded on first use, dropped on change).
+    contacts: Option<Vec<Contact>>,
+    /// Session states and send counters as stored, by contact. An entry
+    /// is taken out while it changes and put back only once the change
+    /// is committed, so a failed write leaves nothing stale here.
+    conversations: HashMap<i64, Conversation>,
+    /// Static agreements for sealing and opening.
+    agreements: Agreements,
+}
+
+/// A contact's sessions and the last counter given to a message to them.
+struct Conversation {
+    sessions: Sessions,
+    send_counter: u64,
 }
 
 impl core::fmt::Debug for Client {
@@ -347,6 +363,9 @@ impl Client {
             outbox: None,
             options,
             receipts: BTreeMap::new(),
+            contacts: None,
+            conversations: HashMap::new(),
+            agreements: Agreements::new(),
         };
         let registered = async {
             client.new_signed_prekeys().await?;
@@ -393,6 +412,9 @@ impl Client {
             outbox: None,
             options,
             receipts: BTreeMap::new(),
+            contacts: None,
+            conversations: HashMap::new(),
+            agreements: Agreements::new(),
         })
     }
 
@@ -483,8 +505,8 @@ impl Client {
         Ok(keys)
     }
 
-    async fn prekeys(&self) -> Result<Prekeys, ClientError> {
-        let (signed, last_resort, one_time) = self.profile.prekeys().await?;
+    async fn prekeys(&self, one_time: Option<&[u32]>) -> Result<Prekeys, ClientError> {
+        let (signed, last_resort, one_time) = self.profile.prekeys(one_time).await?;
         Ok(Prekeys {
             signed,
             last_resort,
@@ -520,13 +542,13 @@ impl Client {
                 self.new_one_time_prekeys().await?
             } else {
                 // First registration: the batch made at init.
-                self.prekeys().await?.one_time
+                self.prekeys(None).await?.one_time
             }
         } else {
             Vec::new()
         };
         if rotate || !one_time.is_empty() || !registered {
-            let keys = self.prekeys().await?;
+            let keys = self.prekeys(None).await?;
             let signed_id = meta_u32(self.profile.meta("signed_prekey").await?);
             let last_id = meta_u32(self.profile.meta("last_resort_prekey").await?);
             let (Some(signed), Some(last)) = (
@@ -651,9 +673,60 @@ impl Client {
             return Err(ClientError::OwnAddress);
         }
         let mut tx = self.profile.begin().await?;
-        let result = Profile::put_contact(&mut tx, name, address.identity()).await?;
+        let result = Profile::put_contact(&mut tx, name, address.identity()).await;
+        self.forget_contacts();
+        let result = result?;
         tx.commit().await.map_err(ProfileError::from)?;
         Ok(result)
+    }
+
+    /// Drops the cached contacts and conversations (after a change to
+    /// contacts).
+    fn forget_contacts(&mut self) {
+        self.contacts = None;
+        self.conversations.clear();
+    }
+
+    /// The contacts, from the cache.
+    async fn cached_contacts(&mut self) -> Result<&[Contact], ClientError> {
+        if self.contacts.is_none() {
+            self.contacts = Some(self.profile.contacts().await?);
+        }
+        Ok(self.contacts.as_deref().unwrap_or_default())
+    }
+
+    /// The contact with this identity, if any.
+    async fn contact_by_identity(
+        &mut self,
+        identity: &IdentityKey,
+    ) -> Result<Option<Contact>, ClientError> {
+        Ok(self
+            .cached_contacts()
+            .await?
+            .iter()
+            .find(|c| c.identity == *identity)
+            .cloned())
+    }
+
+    /// Takes a contact's conversation out of the cache (loading it if
+    /// needed); [`Self::put_conversation`] returns it once its changes
+    /// are stored.
+    async fn take_conversation(&mut self, contact: i64) -> Result<Conversation, ClientError> {
+        if let Some(c) = self.conversations.remove(&contact) {
+            return Ok(c);
+        }
+        let (stored, send_counter) = self.profile.conversation(contact).await?;
+        Ok(Conversation {
+            sessions: match stored {
+                Some(bytes) => Sessions::from_bytes(&bytes)?,
+                None => Sessions::default(),
+            },
+            send_counter,
+        })
+    }
+
+    fn put_conversation(&mut self, contact: i64, conversation: Conversation) {
+        self.conversations.insert(contact, conversation);
     }
 
     /// Every contact.
@@ -661,29 +734,36 @@ impl Client {
         Ok(self.profile.contacts().await?)
     }
 
-    async fn contact(&self, name: &str) -> Result<Contact, ClientError> {
-        self.profile
-            .contact(name)
+    async fn contact(&mut self, name: &str) -> Result<Contact, ClientError> {
+        self.cached_contacts()
             .await?
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
             .ok_or_else(|| ClientError::UnknownContact(name.to_string()))
     }
 
     /// The safety number with a contact.
-    pub async fn safety_number(&self, name: &str) -> Result<(Contact, SafetyNumber), ClientError> {
+    pub async fn safety_number(
+        &mut self,
+        name: &str,
+    ) -> Result<(Contact, SafetyNumber), ClientError> {
         let contact = self.contact(name).await?;
         let number = SafetyNumber::new(self.identity.public(), &contact.identity);
         Ok((contact, number))
     }
 
     /// Marks a contact verified (accepting an identity change).
-    pub async fn verify(&self, name: &str) -> Result<(), ClientError> {
+    pub async fn verify(&mut self, name: &str) -> Result<(), ClientError> {
         let contact = self.contact(name).await?;
-        Ok(self.profile.set_verified(contact.id, true).await?)
+        let result = self.profile.set_verified(contact.id, true).await;
+        self.forget_contacts();
+        Ok(result?)
     }
 
     /// A conversation's last `limit` messages, in order.
     pub async fn history(
-        &self,
+        &mut self,
         name: &str,
         limit: u32,
     ) -> Result<(Contact, Vec<StoredMessage>), ClientError> {
@@ -709,41 +789,37 @@ impl Client {
         contact: &Contact,
         bodies: Vec<Body>,
     ) -> Result<Vec<MessageId>, ClientError> {
-        let mut tx = self.profile.begin().await?;
-        let stored = self.profile.session(&mut tx, contact.id).await?;
-        drop(tx);
-        let mut sessions = match stored {
-            Some(bytes) => Sessions::from_bytes(&bytes)?,
-            None => Sessions::default(),
-        };
-        if sessions.list.is_empty() {
+        let mut conversation = self.take_conversation(contact.id).await?;
+        if conversation.sessions.list.is_empty() {
             let bundle = self.outbox().await?.fetch_bundle(&contact.identity).await?;
             let session = Session::initiate(&mut self.rng, &self.identity, &bundle)
                 .map_err(|e| ClientError::Crypto(e.to_string()))?;
-            sessions.put_first(session);
+            conversation.sessions.put_first(session);
         }
-        let mut tx = self.profile.begin().await?;
+        let Some(session) = conversation.sessions.list.first_mut() else {
+            return Err(ClientError::Crypto("no session".into()));
+        };
+        let now = now_ms();
         let mut ids = Vec::with_capacity(bodies.len());
+        let mut texts = Vec::new();
+        let mut outgoing = Vec::with_capacity(bodies.len());
         for body in bodies {
-            let Some(session) = sessions.list.first_mut() else {
-                return Err(ClientError::Crypto("no session".into()));
-            };
             let mut id = [0u8; 16];
             self.rng.fill_bytes(&mut id);
-            let counter = Profile::next_counter(&mut tx, contact.id).await?;
-            let now = now_ms();
+            conversation.send_counter += 1;
             let content = Content {
                 id,
                 sent_at_ms: now,
-                counter,
+                counter: conversation.send_counter,
                 body,
             };
             let plaintext = Zeroizing::new(content.to_bytes());
             let message = session
                 .encrypt(&mut self.rng, &plaintext)
                 .map_err(|e| ClientError::Crypto(e.to_string()))?;
-            let sealed = hush_crypto::seal(
+            let sealed = seal_with(
                 &mut self.rng,
+                &mut self.agreements,
                 &self.identity,
                 DEVICE,
                 &contact.identity,
@@ -751,29 +827,21 @@ impl Client {
                 &message.to_bytes(),
             )
             .map_err(|e| ClientError::Crypto(e.to_string()))?;
-            if let Body::Text(text) = &content.body {
-                self.profile
-                    .put_message(
-                        &mut self.rng,
-                        &mut tx,
-                        &StoredMessage {
-                            id,
-                            contact: contact.id,
-                            outgoing: true,
-                            counter,
-                            sent_at_ms: now,
-                            text: text.clone(),
-                            status: Status::Sending,
-                            recalled: false,
-                        },
-                        None,
-                    )
-                    .await?;
+            if let Body::Text(text) = content.body {
+                texts.push(StoredMessage {
+                    id,
+                    contact: contact.id,
+                    outgoing: true,
+                    counter: content.counter,
+                    sent_at_ms: now,
+                    text,
+                    status: Status::Sending,
+                    recalled: false,
+                });
             }
-            Profile::put_outgoing(
-                &mut tx,
+            outgoing.push((
                 contact.id,
-                &Outgoing {
+                Outgoing {
                     message_id: id,
                     device_key: *contact.identity.as_bytes(),
                     body: sealed.body.to_bytes(),
@@ -781,14 +849,23 @@ impl Client {
                     first_attempt_ms: now,
                     attempts: 0,
                 },
-            )
-            .await?;
+            ));
             ids.push(id);
         }
+        let mut writes = Writes::default();
+        let messages: Vec<_> = texts.iter().map(|m| (m, None)).collect();
         self.profile
-            .put_session(&mut self.rng, &mut tx, contact.id, &sessions.to_bytes())
-            .await?;
-        tx.commit().await.map_err(ProfileError::from)?;
+            .stage_messages(&mut self.rng, &mut writes, &messages);
+        Profile::stage_outgoing(&mut writes, &outgoing);
+        self.profile.stage_conversation(
+            &mut self.rng,
+            &mut writes,
+            contact.id,
+            &conversation.sessions.to_bytes(),
+            conversation.send_counter,
+        );
+        self.profile.write(writes).await?;
+        self.put_conversation(contact.id, conversation);
         Ok(ids)
     }
 
@@ -837,11 +914,10 @@ impl Client {
             return Err(ClientError::IdentityChanged(contact.name));
         }
         if let Body::Recall(id) = &body {
-            let mut tx = self.profile.begin().await?;
+            let mut writes = Writes::default();
             self.profile
-                .recall(&mut self.rng, &mut tx, contact.id, id, true)
-                .await?;
-            tx.commit().await.map_err(ProfileError::from)?;
+                .stage_recall(&mut self.rng, &mut writes, contact.id, id, true);
+            self.profile.write(writes).await?;
         }
         let id = self.queue(&contact, body).await?;
         let _ = self.flush().await;
@@ -969,7 +1045,10 @@ impl Client {
             let name = match names.get(&out.device_key) {
                 Some(name) => name.clone(),
                 None => {
-                    let name = self.contact_of(&out.device_key).await?;
+                    let name = match IdentityKey::from_bytes(&out.device_key) {
+                        Ok(identity) => self.contact_by_identity(&identity).await?.map(|c| c.name),
+                        Err(_) => None,
+                    };
                     names.insert(out.device_key, name.clone());
                     name
                 }
@@ -985,26 +1064,17 @@ impl Client {
         Ok(events)
     }
 
-    async fn contact_of(&self, device: &[u8; 32]) -> Result<Option<String>, ClientError> {
-        let Ok(identity) = IdentityKey::from_bytes(device) else {
-            return Ok(None);
-        };
-        let mut tx = self.profile.begin().await?;
-        Ok(Profile::contact_by_identity(&mut tx, &identity)
-            .await?
-            .map(|c| c.name))
-    }
-
-    /// Retries until `id` is acknowledged by the relay (`Ok`) or its
-    /// retry window closes (`Undelivered`).
-    pub async fn wait_sent(&mut self, id: &MessageId) -> Result<(), ClientError> {
+    /// Retries until the relay has acknowledged every message of `ids`
+    /// (`Ok`) or the retry window of one of them closes (`Undelivered`).
+    /// Ids of no outgoing text count as acknowledged.
+    pub async fn wait_sent(&mut self, ids: &[MessageId]) -> Result<(), ClientError> {
         loop {
-            match self.profile.status(id).await? {
-                Some(Status::Sending) | None => {}
-                Some(Status::Failed) => {
-                    return Err(ClientError::Undelivered(self.options.retry_window));
-                }
-                Some(_) => return Ok(()),
+            let (sending, failed) = self.profile.pending(ids).await?;
+            if failed > 0 {
+                return Err(ClientError::Undelivered(self.options.retry_window));
+            }
+            if sending == 0 {
+                return Ok(());
             }
             let next = self.profile.next_due().await?.unwrap_or_else(now_ms);
             let wait = next.saturating_sub(now_ms());
@@ -1121,7 +1191,9 @@ impl Client {
         let opened = (|| {
             let body = SealedBody::try_from(envelope.body.as_slice()).ok()?;
             let slot: [u8; 48] = envelope.slot.as_slice().try_into().ok()?;
-            SealedEnvelope { body, slot }.open(&self.identity).ok()
+            SealedEnvelope { body, slot }
+                .open_with(&mut self.agreements, &self.identity)
+                .ok()
         })();
         let Some(opened) = opened else {
             tracing::warn!(seq, "dropped an envelope that does not open");
@@ -1141,71 +1213,78 @@ impl Client {
             return Ok(Vec::new());
         };
 
-        // Read before the transaction: the profile has one connection.
-        let prekeys = match &message {
-            SessionMessage::PreKey(_) => Some(self.prekeys().await?),
-            SessionMessage::Ratchet(_) => None,
-        };
-        let mut tx = self.profile.begin().await?;
-        let contact = match Profile::contact_by_identity(&mut tx, &opened.sender).await? {
+        let contact = match self.contact_by_identity(&opened.sender).await? {
             Some(c) => c,
             None => {
                 let address = Address::from(&opened.sender).to_string();
                 let name = format!("unknown-{}", &address[4..14.min(address.len())]);
-                Profile::put_contact(&mut tx, &name, &opened.sender)
-                    .await?
-                    .0
+                let mut tx = self.profile.begin().await?;
+                let added = Profile::put_contact(&mut tx, &name, &opened.sender).await;
+                self.forget_contacts();
+                let contact = added?.0;
+                tx.commit().await.map_err(ProfileError::from)?;
+                contact
             }
         };
-        let stored = self.profile.session(&mut tx, contact.id).await?;
-        let mut sessions = match stored {
-            Some(bytes) => Sessions::from_bytes(&bytes)?,
-            None => Sessions::default(),
-        };
+        let mut conversation = self.take_conversation(contact.id).await?;
         let mut used_one_time = None;
         let plaintext = match &message {
-            SessionMessage::PreKey(pre) if !sessions.has_base_key(&pre.base_key) => {
-                let Some(prekeys) = prekeys.as_ref() else {
-                    return Ok(Vec::new());
+            SessionMessage::PreKey(pre) if !conversation.sessions.has_base_key(&pre.base_key) => {
+                let one_time = match pre.extra {
+                    Some(PreKeyRef::OneTime(id)) => vec![id],
+                    _ => Vec::new(),
                 };
-                match Session::respond(&self.identity, prekeys, pre) {
+                let prekeys = self.prekeys(Some(&one_time)).await?;
+                match Session::respond(&self.identity, &prekeys, pre) {
                     Ok((new, plaintext)) => {
-                        if let Some(PreKeyRef::OneTime(id)) = pre.extra {
-                            used_one_time = Some(id);
-                        }
-                        sessions.put_first(new);
+                        used_one_time = one_time.first().copied();
+                        conversation.sessions.put_first(new);
                         Ok(plaintext)
                     }
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => sessions.decrypt(&message),
+            _ => conversation.sessions.decrypt(&message),
         };
         let plaintext = match plaintext {
             Ok(p) => Zeroizing::new(p),
             Err(e) => {
+                // Nothing changed: the conversation goes back as it was.
+                self.put_conversation(contact.id, conversation);
                 tracing::warn!(seq, error = %e, "dropped an envelope that does not decrypt");
                 return Ok(Vec::new());
             }
         };
-        self.profile
-            .put_session(&mut self.rng, &mut tx, contact.id, &sessions.to_bytes())
-            .await?;
+        let mut writes = Writes::default();
+        self.profile.stage_conversation(
+            &mut self.rng,
+            &mut writes,
+            contact.id,
+            &conversation.sessions.to_bytes(),
+            conversation.send_counter,
+        );
         if let Some(id) = used_one_time {
-            Profile::delete_prekey(&mut tx, PrekeyKind::OneTime, id).await?;
+            Profile::stage_delete_prekey(&mut writes, PrekeyKind::OneTime, id);
         }
-        let mut events = Vec::new();
+        let mut apply = None;
         match Content::try_from(plaintext.as_slice()) {
             Err(e) => {
                 tracing::warn!(seq, error = %e, "dropped a message whose content does not parse")
             }
             Ok(content) => {
-                if Profile::mark_seen(&mut tx, &content.id).await? {
-                    events = self.apply(&mut tx, &contact, content, seq).await?;
+                if !self.profile.seen(&content.id).await? {
+                    Profile::stage_seen(&mut writes, &content.id);
+                    self.stage_content(&mut writes, &contact, &content, seq);
+                    apply = Some(content);
                 }
             }
         }
-        tx.commit().await.map_err(ProfileError::from)?;
+        let rows = self.profile.write(writes).await?;
+        self.put_conversation(contact.id, conversation);
+        let events = match apply {
+            Some(content) => Self::applied(&contact, content, seq, &rows)?,
+            None => Vec::new(),
+        };
         // Stored: the senders may now be told.
         for event in &events {
             if let Event::Message(m) = event {
@@ -1215,76 +1294,98 @@ impl Client {
         Ok(events)
     }
 
-    /// Applies new content from `contact` within `tx`.
-    async fn apply(
+    /// Stages what new content from `contact` changes.
+    fn stage_content(
         &mut self,
-        tx: &mut crate::profile::Tx<'_>,
+        writes: &mut Writes,
         contact: &Contact,
-        content: Content,
+        content: &Content,
         seq: u64,
-    ) -> Result<Vec<Event>, ClientError> {
-        Ok(match content.body {
+    ) {
+        match &content.body {
             Body::Text(text) => {
-                self.profile
-                    .put_message(
-                        &mut self.rng,
-                        tx,
-                        &StoredMessage {
-                            id: content.id,
-                            contact: contact.id,
-                            outgoing: false,
-                            counter: content.counter,
-                            sent_at_ms: content.sent_at_ms,
-                            text: text.clone(),
-                            status: Status::Sent,
-                            recalled: false,
-                        },
-                        Some(seq),
-                    )
-                    .await?;
-                vec![Event::Message(Received {
-                    from: contact.name.clone(),
-                    address: contact.address().to_string(),
+                let message = StoredMessage {
                     id: content.id,
-                    text,
-                    sent_at_ms: content.sent_at_ms,
+                    contact: contact.id,
+                    outgoing: false,
                     counter: content.counter,
-                    seq,
-                })]
+                    sent_at_ms: content.sent_at_ms,
+                    text: text.clone(),
+                    status: Status::Sent,
+                    recalled: false,
+                };
+                self.profile
+                    .stage_messages(&mut self.rng, writes, &[(&message, Some(seq))]);
             }
             Body::Receipt(kind, ids) => {
                 let status = match kind {
                     ReceiptKind::Delivered => Status::Delivered,
                     ReceiptKind::Read => Status::Read,
                 };
-                let mut events = Vec::new();
-                for id in ids {
-                    if Profile::raise_status(tx, &id, status).await? {
-                        events.push(Event::Status {
-                            contact: contact.name.clone(),
-                            id,
-                            status,
-                        });
-                    }
-                }
-                events
+                Profile::stage_status(writes, ids, status);
+            }
+            Body::Typing(_) => {}
+            Body::Recall(id) => {
+                self.profile
+                    .stage_recall(&mut self.rng, writes, contact.id, id, false);
+            }
+        }
+    }
+
+    /// The events of content from `contact` once stored; `rows` are what
+    /// its statements returned (the ids that changed).
+    fn applied(
+        contact: &Contact,
+        content: Content,
+        seq: u64,
+        rows: &[sqlx::sqlite::SqliteRow],
+    ) -> Result<Vec<Event>, ClientError> {
+        use sqlx::Row;
+        let changed = || -> Result<Vec<MessageId>, ClientError> {
+            rows.iter()
+                .map(|r| {
+                    let id: Vec<u8> = r.try_get(0).map_err(ProfileError::from)?;
+                    MessageId::try_from(id.as_slice())
+                        .map_err(|_| ProfileError::Damaged("message id".into()).into())
+                })
+                .collect()
+        };
+        Ok(match content.body {
+            Body::Text(text) => vec![Event::Message(Received {
+                from: contact.name.clone(),
+                address: contact.address().to_string(),
+                id: content.id,
+                text,
+                sent_at_ms: content.sent_at_ms,
+                counter: content.counter,
+                seq,
+            })],
+            Body::Receipt(kind, _) => {
+                let status = match kind {
+                    ReceiptKind::Delivered => Status::Delivered,
+                    ReceiptKind::Read => Status::Read,
+                };
+                changed()?
+                    .into_iter()
+                    .map(|id| Event::Status {
+                        contact: contact.name.clone(),
+                        id,
+                        status,
+                    })
+                    .collect()
             }
             Body::Typing(typing) => vec![Event::Typing {
                 contact: contact.name.clone(),
                 typing,
             }],
             Body::Recall(id) => {
-                if self
-                    .profile
-                    .recall(&mut self.rng, tx, contact.id, &id, false)
-                    .await?
-                {
+                if changed()?.is_empty() {
+                    Vec::new()
+                } else {
                     vec![Event::Recalled {
                         contact: contact.name.clone(),
                         id,
                     }]
-                } else {
-                    Vec::new()
                 }
             }
         })

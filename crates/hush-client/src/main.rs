@@ -247,7 +247,7 @@ async fn run(raw: Vec<String>) -> Result<()> {
             let w = args.words(3, "send NAME TEXT")?;
             let mut client = open(&args, options).await?;
             let id = client.send_text(&w[1], &w[2]).await?;
-            client.wait_sent(&id).await?;
+            client.wait_sent(&[id]).await?;
         }
         "sync" => {
             args.words(1, "sync [--json]")?;
@@ -262,7 +262,7 @@ async fn run(raw: Vec<String>) -> Result<()> {
         }
         "verify" => {
             let w = args.words(2, "verify NAME [--accept]")?;
-            let client = open(&args, options).await?;
+            let mut client = open(&args, options).await?;
             if args.has("--accept") {
                 client.verify(&w[1]).await?;
             }
@@ -277,7 +277,7 @@ async fn run(raw: Vec<String>) -> Result<()> {
         }
         "history" => {
             let w = args.words(2, "history NAME [--json]")?;
-            let client = open(&args, options).await?;
+            let mut client = open(&args, options).await?;
             let (contact, messages) = client.history(&w[1], 10_000).await?;
             for m in messages {
                 if json {

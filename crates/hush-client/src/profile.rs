@@ -12,10 +12,12 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use hush_crypto::{Address, IdentityKey, IdentityKeyPair, OneTimePreKeyPair, SignedPreKeyPair};
 use rand_core::CryptoRng;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use thiserror::Error;
@@ -222,6 +224,9 @@ pub struct Profile {
     pool: SqlitePool,
     vault: Vault,
     home: PathBuf,
+    /// The next message position. The profile is held under an
+    /// exclusive lock, so this process alone numbers messages.
+    next_position: AtomicI64,
 }
 
 impl core::fmt::Debug for Profile {
@@ -360,6 +365,7 @@ impl Profile {
             pool,
             vault,
             home: home.to_path_buf(),
+            next_position: AtomicI64::new(1),
         })
     }
 
@@ -395,10 +401,15 @@ impl Profile {
         if vault.open("check", &check).is_err() {
             return Err(VaultError::WrongKey.into());
         }
+        let last: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) FROM messages")
+            .fetch_one(&pool)
+            .await?
+            .try_get(0)?;
         Ok(Self {
             pool,
             vault,
             home: home.to_path_buf(),
+            next_position: AtomicI64::new(last + 1),
         })
     }
 
@@ -520,18 +531,12 @@ impl Profile {
         Ok(())
     }
 
-    /// Deletes a prekey's secret within `tx`.
-    pub async fn delete_prekey(
-        tx: &mut Tx<'_>,
-        kind: PrekeyKind,
-        id: u32,
-    ) -> Result<(), ProfileError> {
-        sqlx::query("DELETE FROM prekeys WHERE kind = ? AND id = ?")
-            .bind(kind as i64)
-            .bind(i64::from(id))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+    /// Stages deleting a prekey.
+    pub fn stage_delete_prekey(writes: &mut Writes, kind: PrekeyKind, id: u32) {
+        writes.push(
+            "DELETE FROM prekeys WHERE kind = ? AND id = ?",
+            [Arg::Int(kind as i64), Arg::Int(i64::from(id))],
+        );
     }
 
     /// Deletes prekeys of `kind` created before `before_ms`, except `keep`.
@@ -553,8 +558,11 @@ impl Profile {
     }
 
     /// Every stored prekey secret: signed, last-resort, one-time.
+    /// The prekey secrets: the signed and last-resort ones, and of the
+    /// one-time ones those in `one_time` (all of them if `None`).
     pub async fn prekeys(
         &self,
+        one_time: Option<&[u32]>,
     ) -> Result<
         (
             Vec<SignedPreKeyPair>,
@@ -563,9 +571,24 @@ impl Profile {
         ),
         ProfileError,
     > {
-        let rows = sqlx::query("SELECT kind, id, secret FROM prekeys ORDER BY kind, id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = match one_time {
+            None => {
+                sqlx::query("SELECT kind, id, secret FROM prekeys ORDER BY kind, id")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(ids) => {
+                let sql = format!(
+                    "SELECT kind, id, secret FROM prekeys WHERE kind != 2 OR id IN ({}) ORDER BY kind, id",
+                    list(ids.len())
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for id in ids {
+                    query = query.bind(i64::from(*id));
+                }
+                query.fetch_all(&self.pool).await?
+            }
+        };
         let (mut signed, mut last_resort, mut one_time) = (Vec::new(), Vec::new(), Vec::new());
         for row in rows {
             let kind: i64 = row.try_get(0)?;
@@ -725,118 +748,137 @@ impl Profile {
         Ok(())
     }
 
-    /// A contact's sealed session state, within `tx`. Secret.
-    pub async fn session(
+    /// A contact's session state (secret) and its last send counter.
+    pub async fn conversation(
         &self,
-        tx: &mut Tx<'_>,
         contact: i64,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, ProfileError> {
-        let sealed: Option<Vec<u8>> = sqlx::query("SELECT session FROM contacts WHERE id = ?")
+    ) -> Result<(Option<Zeroizing<Vec<u8>>>, u64), ProfileError> {
+        let row = sqlx::query("SELECT session, send_counter FROM contacts WHERE id = ?")
             .bind(contact)
-            .fetch_optional(&mut **tx)
-            .await?
-            .map(|r| r.try_get::<Option<Vec<u8>>, _>(0))
-            .transpose()?
-            .flatten();
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok((None, 0));
+        };
+        let sealed: Option<Vec<u8>> = row.try_get(0)?;
+        let counter = u64_of(row.try_get(1)?);
         match sealed {
-            Some(s) => Ok(Some(self.vault.open(&format!("session:{contact}"), &s)?)),
-            None => Ok(None),
+            Some(s) => Ok((
+                Some(self.vault.open(&format!("session:{contact}"), &s)?),
+                counter,
+            )),
+            None => Ok((None, counter)),
         }
     }
 
-    /// Stores a contact's session state within `tx`.
-    pub async fn put_session(
+    /// Stages a contact's session state and last send counter.
+    pub fn stage_conversation(
         &self,
         rng: &mut impl CryptoRng,
-        tx: &mut Tx<'_>,
+        writes: &mut Writes,
         contact: i64,
         state: &[u8],
-    ) -> Result<(), ProfileError> {
+        send_counter: u64,
+    ) {
         let sealed = self.vault.seal(rng, &format!("session:{contact}"), state);
-        sqlx::query("UPDATE contacts SET session = ? WHERE id = ?")
-            .bind(sealed)
-            .bind(contact)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+        writes.push(
+            "UPDATE contacts SET session = ?, send_counter = ? WHERE id = ?",
+            [
+                Arg::Blob(sealed),
+                Arg::Int(i64_of(send_counter)),
+                Arg::Int(contact),
+            ],
+        );
     }
 
-    /// Takes the next send counter of a conversation, within `tx`.
-    pub async fn next_counter(tx: &mut Tx<'_>, contact: i64) -> Result<u64, ProfileError> {
-        let n: i64 = sqlx::query(
-            "UPDATE contacts SET send_counter = send_counter + 1 WHERE id = ? RETURNING send_counter",
-        )
-        .bind(contact)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get(0)?;
-        Ok(u64_of(n))
-    }
-
-    /// Records a message id as processed; `false` if it already was.
-    pub async fn mark_seen(tx: &mut Tx<'_>, id: &MessageId) -> Result<bool, ProfileError> {
-        Ok(
-            sqlx::query(
-                "INSERT INTO seen (message_id, at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            )
+    /// Whether a message id was already processed.
+    pub async fn seen(&self, id: &MessageId) -> Result<bool, ProfileError> {
+        Ok(sqlx::query("SELECT 1 FROM seen WHERE message_id = ?")
             .bind(&id[..])
-            .bind(i64_of(now_ms()))
-            .execute(&mut **tx)
+            .fetch_optional(&self.pool)
             .await?
-            .rows_affected()
-                == 1,
-        )
+            .is_some())
     }
 
-    /// Stores a message of a conversation within `tx`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn put_message(
+    /// Stages recording a message id as processed.
+    pub fn stage_seen(writes: &mut Writes, id: &MessageId) {
+        writes.push(
+            "INSERT INTO seen (message_id, at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [Arg::Blob(id.to_vec()), Arg::Int(i64_of(now_ms()))],
+        );
+    }
+
+    /// Stages messages of conversations (each with the relay sequence
+    /// number it came with, if incoming), in this order. Their texts are
+    /// sealed here.
+    pub fn stage_messages(
         &self,
         rng: &mut impl CryptoRng,
-        tx: &mut Tx<'_>,
-        message: &StoredMessage,
-        relay_seq: Option<u64>,
-    ) -> Result<(), ProfileError> {
-        let sealed = self.vault.seal(
-            rng,
-            &format!("message:{}", hex::encode(message.id)),
-            message.text.as_bytes(),
-        );
-        sqlx::query(
-            "INSERT INTO messages (id, position, contact, outgoing, counter, relay_seq, sent_at_ms, received_at_ms, text, status)
-             VALUES (?, (SELECT COALESCE(MAX(position), 0) + 1 FROM messages), ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&message.id[..])
-        .bind(message.contact)
-        .bind(i64::from(message.outgoing))
-        .bind(i64_of(message.counter))
-        .bind(relay_seq.map(i64_of))
-        .bind(i64_of(message.sent_at_ms))
-        .bind((!message.outgoing).then(|| i64_of(now_ms())))
-        .bind(sealed)
-        .bind(message.status as i64)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        writes: &mut Writes,
+        messages: &[(&StoredMessage, Option<u64>)],
+    ) {
+        const COLUMNS: usize = 10;
+        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+            let first = self
+                .next_position
+                .fetch_add(chunk.len() as i64, Ordering::Relaxed);
+            let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
+            for (i, (message, relay_seq)) in chunk.iter().enumerate() {
+                let sealed = self.vault.seal(
+                    rng,
+                    &format!("message:{}", hex::encode(message.id)),
+                    message.text.as_bytes(),
+                );
+                args.extend([
+                    Arg::Blob(message.id.to_vec()),
+                    Arg::Int(first + i as i64),
+                    Arg::Int(message.contact),
+                    Arg::Int(i64::from(message.outgoing)),
+                    Arg::Int(i64_of(message.counter)),
+                    relay_seq.map_or(Arg::Null, |n| Arg::Int(i64_of(n))),
+                    Arg::Int(i64_of(message.sent_at_ms)),
+                    if message.outgoing {
+                        Arg::Null
+                    } else {
+                        Arg::Int(i64_of(now_ms()))
+                    },
+                    Arg::Blob(sealed),
+                    Arg::Int(message.status as i64),
+                ]);
+            }
+            writes.push(
+                &format!(
+                    "INSERT INTO messages (id, position, contact, outgoing, counter, relay_seq, sent_at_ms, received_at_ms, text, status) VALUES {}",
+                    rows(COLUMNS, chunk.len())
+                ),
+                args,
+            );
+        }
     }
 
-    /// Raises an outgoing message's status (never lowers it; `Failed`
-    /// only from `Sending`), within `tx`. Returns whether it changed.
-    pub async fn raise_status(
-        tx: &mut Tx<'_>,
-        id: &MessageId,
-        status: Status,
-    ) -> Result<bool, ProfileError> {
-        let sql = if status == Status::Failed {
-            "UPDATE messages SET status = ? WHERE id = ? AND outgoing = 1 AND status = 0"
-        } else {
-            "UPDATE messages SET status = ? WHERE id = ? AND outgoing = 1 AND (status < ? OR status = 4)"
-        };
-        let mut q = sqlx::query(sql).bind(status as i64).bind(&id[..]);
-        if status != Status::Failed {
-            q = q.bind(status as i64);
+    /// Stages raising outgoing messages' status (never lowering it;
+    /// `Failed` only from `Sending`). The write returns a row with the id
+    /// of each message that changed.
+    pub fn stage_status(writes: &mut Writes, ids: &[MessageId], status: Status) {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let condition = if status == Status::Failed {
+                "status = 0"
+            } else {
+                "(status < ? OR status = 4)"
+            };
+            let mut args = vec![Arg::Int(status as i64)];
+            if status != Status::Failed {
+                args.push(Arg::Int(status as i64));
+            }
+            args.extend(chunk.iter().map(|id| Arg::Blob(id.to_vec())));
+            writes.push(
+                &format!(
+                    "UPDATE messages SET status = ? WHERE outgoing = 1 AND {condition} AND id IN ({}) RETURNING id",
+                    list(chunk.len())
+                ),
+                args,
+            );
         }
-        Ok(q.execute(&mut **tx).await?.rows_affected() == 1)
     }
 
     /// Marks incoming messages of a contact read; returns their ids.
@@ -853,29 +895,29 @@ impl Profile {
             .collect()
     }
 
-    /// Withdraws a message of `contact` (only theirs), within `tx`.
-    pub async fn recall(
+    /// Stages withdrawing a message of a conversation (an `outgoing` one
+    /// of this device, or an incoming one of `contact`). The write returns
+    /// a row if it was there.
+    pub fn stage_recall(
         &self,
         rng: &mut impl CryptoRng,
-        tx: &mut Tx<'_>,
+        writes: &mut Writes,
         contact: i64,
         id: &MessageId,
         outgoing: bool,
-    ) -> Result<bool, ProfileError> {
+    ) {
         let empty = self
             .vault
             .seal(rng, &format!("message:{}", hex::encode(id)), b"");
-        Ok(sqlx::query(
-            "UPDATE messages SET recalled = 1, text = ? WHERE id = ? AND contact = ? AND outgoing = ?",
-        )
-        .bind(empty)
-        .bind(&id[..])
-        .bind(contact)
-        .bind(i64::from(outgoing))
-        .execute(&mut **tx)
-        .await?
-        .rows_affected()
-            == 1)
+        writes.push(
+            "UPDATE messages SET recalled = 1, text = ? WHERE id = ? AND contact = ? AND outgoing = ? RETURNING id",
+            [
+                Arg::Blob(empty),
+                Arg::Blob(id.to_vec()),
+                Arg::Int(contact),
+                Arg::Int(i64::from(outgoing)),
+            ],
+        );
     }
 
     /// A conversation's messages: each sender's in its counter order,
@@ -917,26 +959,30 @@ impl Profile {
         Ok(messages)
     }
 
-    /// Queues an envelope for the relay within `tx`.
-    pub async fn put_outgoing(
-        tx: &mut Tx<'_>,
-        contact: i64,
-        out: &Outgoing,
-    ) -> Result<(), ProfileError> {
-        sqlx::query(
-            "INSERT INTO outbox (message_id, contact, device_key, body, slot, first_attempt_ms, next_attempt_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&out.message_id[..])
-        .bind(contact)
-        .bind(&out.device_key[..])
-        .bind(&out.body)
-        .bind(&out.slot[..])
-        .bind(i64_of(out.first_attempt_ms))
-        .bind(i64_of(out.first_attempt_ms))
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+    /// Stages envelopes for the relay, each with its contact.
+    pub fn stage_outgoing(writes: &mut Writes, outgoing: &[(i64, Outgoing)]) {
+        const COLUMNS: usize = 7;
+        for chunk in outgoing.chunks(ROWS_PER_STATEMENT) {
+            let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
+            for (contact, out) in chunk {
+                args.extend([
+                    Arg::Blob(out.message_id.to_vec()),
+                    Arg::Int(*contact),
+                    Arg::Blob(out.device_key.to_vec()),
+                    Arg::Blob(out.body.clone()),
+                    Arg::Blob(out.slot.to_vec()),
+                    Arg::Int(i64_of(out.first_attempt_ms)),
+                    Arg::Int(i64_of(out.first_attempt_ms)),
+                ]);
+            }
+            writes.push(
+                &format!(
+                    "INSERT INTO outbox (message_id, contact, device_key, body, slot, first_attempt_ms, next_attempt_ms) VALUES {}",
+                    rows(COLUMNS, chunk.len())
+                ),
+                args,
+            );
+        }
     }
 
     /// Envelopes due for an attempt at `now_ms`, oldest first.
@@ -989,40 +1035,154 @@ impl Profile {
         settled: &[(MessageId, Status)],
         later: &[(MessageId, u64)],
     ) -> Result<(), ProfileError> {
-        if settled.is_empty() && later.is_empty() {
-            return Ok(());
+        let mut writes = Writes::default();
+        let ids: Vec<MessageId> = settled.iter().map(|(id, _)| *id).collect();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            writes.push(
+                &format!(
+                    "DELETE FROM outbox WHERE message_id IN ({})",
+                    list(chunk.len())
+                ),
+                chunk.iter().map(|id| Arg::Blob(id.to_vec())),
+            );
         }
-        let mut tx = self.pool.begin().await?;
-        for (id, status) in settled {
-            sqlx::query("DELETE FROM outbox WHERE message_id = ?")
-                .bind(&id[..])
-                .execute(&mut *tx)
-                .await?;
-            Self::raise_status(&mut tx, id, *status).await?;
+        for status in [Status::Sent, Status::Failed] {
+            let ids: Vec<MessageId> = settled
+                .iter()
+                .filter(|(_, s)| *s == status)
+                .map(|(id, _)| *id)
+                .collect();
+            Self::stage_status(&mut writes, &ids, status);
         }
         for (id, next_ms) in later {
-            sqlx::query(
+            writes.push(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ? WHERE message_id = ?",
-            )
-            .bind(i64_of(*next_ms))
-            .bind(&id[..])
-            .execute(&mut *tx)
-            .await?;
+                [Arg::Int(i64_of(*next_ms)), Arg::Blob(id.to_vec())],
+            );
         }
-        tx.commit().await?;
+        self.write(writes).await?;
         Ok(())
     }
 
-    /// The status of an outgoing message.
-    pub async fn status(&self, id: &MessageId) -> Result<Option<Status>, ProfileError> {
-        Ok(sqlx::query("SELECT status FROM messages WHERE id = ?")
-            .bind(&id[..])
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?
-            .map(Status::from_i64))
+    /// How many of `ids` are still sending and how many failed.
+    pub async fn pending(&self, ids: &[MessageId]) -> Result<(usize, usize), ProfileError> {
+        let (mut sending, mut failed) = (0, 0);
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let sql = format!(
+                "SELECT status, COUNT(*) FROM messages WHERE id IN ({}) GROUP BY status",
+                list(chunk.len())
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(&id[..]);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let n = usize::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
+                match Status::from_i64(row.try_get(0)?) {
+                    Status::Sending => sending += n,
+                    Status::Failed => failed += n,
+                    _ => {}
+                }
+            }
+        }
+        Ok((sending, failed))
     }
+
+    /// Stores `writes` in one transaction, handed to the database thread
+    /// in one piece (one round trip, one commit). Returns the rows the
+    /// statements return, in order. On failure nothing is stored.
+    pub async fn write(&self, writes: Writes) -> Result<Vec<SqliteRow>, ProfileError> {
+        if writes.sql.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let sql = format!("BEGIN IMMEDIATE;\n{}COMMIT", writes.sql);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for arg in writes.args {
+            query = match arg {
+                Arg::Int(n) => query.bind(n),
+                Arg::Blob(b) => query.bind(b),
+                Arg::Null => query.bind(None::<i64>),
+            };
+        }
+        match query.fetch_all(&mut *conn).await {
+            Ok(rows) => Ok(rows),
+            Err(e) => {
+                // A statement failed mid-way: undo what ran before it.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Rows per multi-row statement.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// A value bound to a staged statement.
+#[derive(Clone, Debug)]
+pub enum Arg {
+    /// An integer.
+    Int(i64),
+    /// Bytes.
+    Blob(Vec<u8>),
+    /// NULL.
+    Null,
+}
+
+/// Changes to store together: statements and their arguments, run by
+/// [`Profile::write`] as one transaction. Built by the `stage_*`
+/// functions.
+#[derive(Default)]
+pub struct Writes {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+impl core::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Writes")
+            .field("arguments", &self.args.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writes {
+    fn push(&mut self, sql: &str, args: impl IntoIterator<Item = Arg>) {
+        self.sql.push_str(sql);
+        self.sql.push_str(";\n");
+        self.args.extend(args);
+    }
+
+    /// Nothing staged.
+    pub fn is_empty(&self) -> bool {
+        self.sql.is_empty()
+    }
+}
+
+/// `?, ?, ...` (`n` of them).
+fn list(n: usize) -> String {
+    let mut out = String::with_capacity(n * 3);
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('?');
+    }
+    out
+}
+
+/// `(?, ..), (?, ..), ...`: `n` rows of `columns`.
+fn rows(columns: usize, n: usize) -> String {
+    let row = format!("({})", list(columns));
+    let mut out = String::with_capacity(n * (row.len() + 2));
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&row);
+    }
+    out
 }
 
 /// Puts each sender's messages in counter order within the places its

@@ -90,7 +90,10 @@ async fn a_lossy_reordering_duplicating_network_loses_and_repeats_nothing() {
             .expect("stores");
     }
     for id in &ids {
-        alice.wait_sent(id).await.expect("the relay took it");
+        alice
+            .wait_sent(std::slice::from_ref(id))
+            .await
+            .expect("the relay took it");
     }
     let to_bob = receive(&mut bob, 200).await;
     assert_eq!(
