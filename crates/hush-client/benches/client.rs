@@ -175,15 +175,25 @@ async fn steady(relay: &Relay) {
     let mut times = Vec::new();
     for n in 0..500 {
         let start = Instant::now();
-        alice
+        let id = alice
             .send_text("bob", &format!("steady {n}"))
             .await
             .unwrap();
         let (_, at) = stored.recv().await.unwrap();
         times.push((at - start).as_secs_f64() * 1e3);
-        // Let the receipt come back before the next one.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let _ = alice.sync().await;
+        // A conversation, not a flood: the next message goes once this
+        // one's delivery receipt is back, so each is measured on its own.
+        'receipt: loop {
+            for event in alice.sync().await.unwrap() {
+                if let Event::Status { id: of, status, .. } = event
+                    && of == id
+                    && status == hush_client::Status::Delivered
+                {
+                    break 'receipt;
+                }
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
     }
     times.sort_by(f64::total_cmp);
     println!(

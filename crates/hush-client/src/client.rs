@@ -320,6 +320,14 @@ pub struct Client {
     conversations: HashMap<i64, Conversation>,
     /// Static agreements for sealing and opening.
     agreements: Agreements,
+    /// Envelopes queued since the last attempt.
+    fresh: Vec<Outgoing>,
+    /// The stored outbox holds nothing but `fresh`: the next attempt
+    /// need not read it back.
+    outbox_clean: bool,
+    /// Relay sequence numbers of pushed envelopes processed (committed,
+    /// not yet synced to the disk) and not yet acknowledged.
+    unacked: Vec<u64>,
 }
 
 /// A contact's sessions and the last counter given to a message to them.
@@ -366,6 +374,9 @@ impl Client {
             contacts: None,
             conversations: HashMap::new(),
             agreements: Agreements::new(),
+            fresh: Vec::new(),
+            outbox_clean: true,
+            unacked: Vec::new(),
         };
         let registered = async {
             client.new_signed_prekeys().await?;
@@ -415,6 +426,9 @@ impl Client {
             contacts: None,
             conversations: HashMap::new(),
             agreements: Agreements::new(),
+            fresh: Vec::new(),
+            outbox_clean: false,
+            unacked: Vec::new(),
         })
     }
 
@@ -674,10 +688,22 @@ impl Client {
         }
         let mut tx = self.profile.begin().await?;
         let result = Profile::put_contact(&mut tx, name, address.identity()).await;
-        self.forget_contacts();
-        let result = result?;
-        tx.commit().await.map_err(ProfileError::from)?;
-        Ok(result)
+        let Ok((contact, changed)) = result else {
+            self.forget_contacts();
+            return result.map_err(ClientError::from);
+        };
+        if let Err(e) = tx.commit().await {
+            self.forget_contacts();
+            return Err(ProfileError::from(e).into());
+        }
+        // Keep the cache: the contact is new, or the same, or its session
+        // was dropped with the identity change.
+        if let Some(cached) = self.contacts.as_mut() {
+            cached.retain(|c| c.id != contact.id);
+            cached.push(contact.clone());
+        }
+        self.conversations.remove(&contact.id);
+        Ok((contact, changed))
     }
 
     /// Drops the cached contacts and conversations (after a change to
@@ -866,6 +892,7 @@ impl Client {
         );
         self.profile.write(writes).await?;
         self.put_conversation(contact.id, conversation);
+        self.fresh.extend(outgoing.into_iter().map(|(_, out)| out));
         Ok(ids)
     }
 
@@ -958,10 +985,17 @@ impl Client {
     /// the events (statuses) it caused.
     pub async fn flush(&mut self) -> Result<Vec<Event>, ClientError> {
         let now = now_ms();
-        let due = self.profile.due(now).await?;
+        let from_store = !self.outbox_clean;
+        let due = if from_store {
+            self.fresh.clear();
+            self.profile.due(now).await?
+        } else {
+            std::mem::take(&mut self.fresh)
+        };
         if due.is_empty() {
             return Ok(Vec::new());
         }
+        self.outbox_clean = false;
         let mut results: Vec<Result<(), ClientError>> = Vec::with_capacity(due.len());
         match self.outbox().await {
             Err(e) => {
@@ -1039,6 +1073,8 @@ impl Client {
             .map(|(out, status)| (out.message_id, *status))
             .collect();
         self.profile.settle(&outcomes, &later).await?;
+        self.outbox_clean =
+            later.is_empty() && (!from_store || self.profile.outbox_len().await? == 0);
         let mut events = Vec::with_capacity(settled.len());
         let mut names: BTreeMap<[u8; 32], Option<String>> = BTreeMap::new();
         for (out, status) in settled {
@@ -1108,9 +1144,16 @@ impl Client {
 
     async fn sync_pages(&mut self, max: usize) -> Result<Vec<Event>, ClientError> {
         let mut events = self.flush().await.unwrap_or_default();
+        // Pushes handled before are acknowledged first.
+        self.acknowledge().await?;
         let mut after = 0u64;
         let mut stored = 0usize;
         'pages: loop {
+            // Asking for the page after `after` acknowledges everything
+            // up to it: what the last page brought is synced first.
+            if after > 0 {
+                self.profile.sync().await?;
+            }
             let page = self.inbox().await?.fetch_page(after).await?;
             if page.envelopes.is_empty() {
                 break;
@@ -1123,6 +1166,11 @@ impl Client {
                 events.extend(self.receive(envelope).await?);
                 stored += 1;
             }
+        }
+        // Shown only once it is on the disk, so a power cut cannot make
+        // the relay's copy come back to be shown twice.
+        if stored > 0 {
+            self.profile.sync().await?;
         }
         events.extend(self.send_receipts().await?);
         order_events(&mut events);
@@ -1141,29 +1189,45 @@ impl Client {
     }
 
     /// Processes a pushed envelope and returns what happened as soon as
-    /// it is stored; the acknowledgement goes to the relay without
-    /// waiting for its answer (a lost one means the envelope comes again
-    /// and is recognised). Delivery receipts wait for
-    /// [`Self::send_receipts`].
+    /// it is committed (it survives the process from then on). The
+    /// relay is told to delete it by [`Self::acknowledge`] (which
+    /// [`Self::send_receipts`] calls), once it is also on the disk: until
+    /// then the relay keeps its copy, so not even a power cut loses it.
     pub async fn handle_push(
         &mut self,
         envelope: proto::Envelope,
     ) -> Result<Vec<Event>, ClientError> {
         let seq = envelope.seq;
         let events = self.receive(envelope).await?;
-        if let Some(inbox) = self.inbox.as_ref() {
-            let _ = inbox
-                .start(hush_proto::relay::client_frame::Request::Ack(proto::Ack {
-                    seqs: vec![seq],
-                }))
-                .await;
-        }
+        self.unacked.push(seq);
         Ok(events)
     }
 
-    /// Sends a delivery receipt to every sender of messages stored since
-    /// the last call (one per sender), then flushes the outbox.
+    /// Syncs what [`Self::handle_push`] stored to the disk (one flush for
+    /// all of it), then acknowledges it to the relay without waiting for
+    /// the answer: a lost acknowledgement means the envelope comes again
+    /// and is recognised.
+    pub async fn acknowledge(&mut self) -> Result<(), ClientError> {
+        if self.unacked.is_empty() {
+            return Ok(());
+        }
+        self.profile.sync().await?;
+        let seqs = std::mem::take(&mut self.unacked);
+        if let Some(inbox) = self.inbox.as_ref() {
+            let _ = inbox
+                .start(hush_proto::relay::client_frame::Request::Ack(proto::Ack {
+                    seqs,
+                }))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges what was pushed ([`Self::acknowledge`]), sends a
+    /// delivery receipt to every sender of messages stored since the last
+    /// call (one per sender), then flushes the outbox.
     pub async fn send_receipts(&mut self) -> Result<Vec<Event>, ClientError> {
+        self.acknowledge().await?;
         let by_contact = std::mem::take(&mut self.receipts);
         for (name, ids) in by_contact {
             let Ok(contact) = self.contact(&name).await else {
@@ -1279,7 +1343,8 @@ impl Client {
                 }
             }
         }
-        let rows = self.profile.write(writes).await?;
+        // Synced to the disk before the relay is told (`acknowledge`).
+        let rows = self.profile.write_unsynced(writes).await?;
         self.put_conversation(contact.id, conversation);
         let events = match apply {
             Some(content) => Self::applied(&contact, content, seq, &rows)?,

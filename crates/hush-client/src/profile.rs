@@ -1060,7 +1060,9 @@ impl Profile {
                 [Arg::Int(i64_of(*next_ms)), Arg::Blob(id.to_vec())],
             );
         }
-        self.write(writes).await?;
+        // Not synced: an outcome lost with power is an envelope sent
+        // again under its id, which the relay recognises.
+        self.write_with(writes, false).await?;
         Ok(())
     }
 
@@ -1092,11 +1094,49 @@ impl Profile {
     /// in one piece (one round trip, one commit). Returns the rows the
     /// statements return, in order. On failure nothing is stored.
     pub async fn write(&self, writes: Writes) -> Result<Vec<SqliteRow>, ProfileError> {
+        self.write_with(writes, true).await
+    }
+
+    /// [`Self::write`] without flushing to the disk: the commit survives
+    /// the process, not a power cut, until the next synced commit or
+    /// [`Self::sync`].
+    pub async fn write_unsynced(&self, writes: Writes) -> Result<Vec<SqliteRow>, ProfileError> {
+        self.write_with(writes, false).await
+    }
+
+    /// Flushes every commit so far to the disk (a synced commit of a
+    /// marker; the log is written in order, so this carries everything
+    /// before it).
+    pub async fn sync(&self) -> Result<(), ProfileError> {
+        let mut writes = Writes::default();
+        writes.push(
+            "INSERT INTO meta (key, value) VALUES ('synced_at', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [Arg::Blob(now_ms().to_be_bytes().to_vec())],
+        );
+        self.write(writes).await?;
+        Ok(())
+    }
+
+    /// [`Self::write`]; unless `synced`, the commit is not flushed to the
+    /// disk at once (it survives the process, not a power cut, until the
+    /// next synced commit).
+    async fn write_with(
+        &self,
+        writes: Writes,
+        synced: bool,
+    ) -> Result<Vec<SqliteRow>, ProfileError> {
         if writes.sql.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.pool.acquire().await?;
-        let sql = format!("BEGIN IMMEDIATE;\n{}COMMIT", writes.sql);
+        let sql = if synced {
+            format!("BEGIN IMMEDIATE;\n{}COMMIT", writes.sql)
+        } else {
+            format!(
+                "PRAGMA synchronous = NORMAL;\nBEGIN IMMEDIATE;\n{}COMMIT;\nPRAGMA synchronous = FULL",
+                writes.sql
+            )
+        };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for arg in writes.args {
             query = match arg {
@@ -1110,6 +1150,11 @@ impl Profile {
             Err(e) => {
                 // A statement failed mid-way: undo what ran before it.
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                if !synced {
+                    let _ = sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(&mut *conn)
+                        .await;
+                }
                 Err(e.into())
             }
         }
