@@ -11,7 +11,8 @@
 //! - `ratchet_ping_pong/*`: messages alternate direction, so every
 //!   message carries a DH ratchet step.
 //! - `group/*`: one sender-key (Megolm) message, encrypt and decrypt.
-//! - `envelope/*`: seal and open a 64-byte content for one recipient.
+//! - `envelope/*`: seal and open a 64-byte content for one recipient
+//!   (`*_cached_agreement`: with the sender-recipient agreement cached).
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hush_crypto::prekey::ExtraPreKey;
@@ -264,6 +265,23 @@ fn sealed(c: &mut Criterion) {
             )
         })
     });
+    let mut sealing = envelope::Agreements::new();
+    g.bench_function("seal_cached_agreement", |bench| {
+        bench.iter(|| {
+            black_box(
+                envelope::seal_with(
+                    &mut rng,
+                    &mut sealing,
+                    &sender,
+                    1,
+                    recipient.public(),
+                    ContentType::Ratchet,
+                    &MESSAGE,
+                )
+                .expect("seals"),
+            )
+        })
+    });
     let env = envelope::seal(
         &mut rng,
         &sender,
@@ -275,6 +293,10 @@ fn sealed(c: &mut Criterion) {
     .expect("seals");
     g.bench_function("open", |bench| {
         bench.iter(|| black_box(env.open(&recipient).expect("opens")))
+    });
+    let mut opening = envelope::Agreements::new();
+    g.bench_function("open_cached_agreement", |bench| {
+        bench.iter(|| black_box(env.open_with(&mut opening, &recipient).expect("opens")))
     });
     g.finish();
 }

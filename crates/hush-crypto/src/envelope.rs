@@ -242,7 +242,7 @@ pub const AGREEMENTS_CAPACITY: usize = 4096;
 /// The cache belongs to one local identity; used with another, it
 /// empties itself first. It holds at most [`AGREEMENTS_CAPACITY`]
 /// entries and is emptied when full. Entries are zeroized on drop.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Agreements {
     owner: Option<[u8; 32]>,
     shared: std::collections::HashMap<[u8; 32], crate::secret::SharedSecret>,

@@ -195,6 +195,41 @@ pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], ClientError> {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Body>>>>;
 
+/// Why a connection ended.
+fn closed(connection: &quinn::Connection) -> ClientError {
+    ClientError::Closed(
+        connection
+            .close_reason()
+            .map_or_else(|| "stream ended".to_string(), |r| r.to_string()),
+    )
+}
+
+/// The answer to a request sent with [`RelayClient::start`]; it can be
+/// awaited after the client itself is gone.
+#[derive(Debug)]
+pub struct Answer {
+    rx: oneshot::Receiver<Body>,
+    connection: quinn::Connection,
+    timeout: Duration,
+}
+
+impl Answer {
+    /// Waits for the answer (up to the client's request timeout); relay
+    /// errors become [`ClientError::Relay`].
+    pub async fn finish(self) -> Result<Body, ClientError> {
+        match tokio::time::timeout(self.timeout, self.rx).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Err(_)) => Err(closed(&self.connection)),
+            Ok(Ok(Body::Error(e))) => Err(ClientError::Relay {
+                code: proto::ErrorCode::try_from(e.code).unwrap_or(proto::ErrorCode::Unspecified),
+                message: e.message,
+                device_keys: e.device_keys,
+            }),
+            Ok(Ok(body)) => Ok(body),
+        }
+    }
+}
+
 /// A connection to a relay.
 pub struct RelayClient {
     endpoint: Endpoint,
@@ -280,9 +315,9 @@ impl RelayClient {
         })
     }
 
-    /// Sends a request without waiting; the returned receiver gets the
+    /// Sends a request without waiting; the returned [`Answer`] gets the
     /// answer. Lets a caller keep many requests in flight.
-    pub async fn start(&self, request: Request) -> Result<oneshot::Receiver<Body>, ClientError> {
+    pub async fn start(&self, request: Request) -> Result<Answer, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
@@ -295,22 +330,17 @@ impl RelayClient {
             })
             .await
             .map_err(|_| self.closed())?;
-        Ok(rx)
+        Ok(Answer {
+            rx,
+            connection: self.connection.clone(),
+            timeout: self.timeout,
+        })
     }
 
     /// Waits for an answer started with [`Self::start`]; relay errors
     /// become [`ClientError::Relay`].
-    pub async fn finish(&self, answer: oneshot::Receiver<Body>) -> Result<Body, ClientError> {
-        match tokio::time::timeout(self.timeout, answer).await {
-            Err(_) => Err(ClientError::Timeout),
-            Ok(Err(_)) => Err(self.closed()),
-            Ok(Ok(Body::Error(e))) => Err(ClientError::Relay {
-                code: proto::ErrorCode::try_from(e.code).unwrap_or(proto::ErrorCode::Unspecified),
-                message: e.message,
-                device_keys: e.device_keys,
-            }),
-            Ok(Ok(body)) => Ok(body),
-        }
+    pub async fn finish(&self, answer: Answer) -> Result<Body, ClientError> {
+        answer.finish().await
     }
 
     /// Sends a request and waits for its answer.
@@ -320,11 +350,7 @@ impl RelayClient {
     }
 
     fn closed(&self) -> ClientError {
-        ClientError::Closed(
-            self.connection
-                .close_reason()
-                .map_or_else(|| "stream ended".to_string(), |r| r.to_string()),
-        )
+        closed(&self.connection)
     }
 
     /// Proves this connection belongs to `identity`'s device. Returns
