@@ -4,11 +4,13 @@
 //! 1. first-message latency: bundle fetch + X3DH + encrypt + store +
 //!    send + the relay's push + the recipient's decrypt and store;
 //! 2. steady-state latency of one message, sender's call to recipient's
-//!    stored message (p50/p99);
+//!    stored message (p50/p99), each sent once the previous one's
+//!    delivery receipt is back;
 //! 3. messages per second one client pushes through encrypt, persist,
-//!    send and the relay's acknowledgement.
+//!    send and the relay's acknowledgement;
+//! 4. the disk's flush latency, the floor under 1 and 2.
 //!
-//! `cargo bench -p hush-client --bench client [-- first|steady|push]`
+//! `cargo bench -p hush-client --bench client [-- first|steady|push|disk]`
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -221,6 +223,32 @@ async fn push(relay: &Relay) {
     );
 }
 
+/// The disk's floor in the same run: every latency above waits for at
+/// least two flushes (the sender's commit and the relay's), so the
+/// machine's flush latency bounds what they can be.
+fn disk() {
+    use std::os::unix::fs::FileExt;
+    let path = temp("disk").join("flush");
+    let file = std::fs::File::create(&path).unwrap();
+    file.write_all_at(&[0u8; 4096 * 64], 0).unwrap();
+    file.sync_all().unwrap();
+    let mut times = Vec::new();
+    for i in 0..2000u64 {
+        file.write_all_at(&[1u8; 4096], (i % 64) * 4096).unwrap();
+        let start = Instant::now();
+        file.sync_data().unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "disk floor, one 4 KiB write + fdatasync: p50 {:.2} ms, p99 {:.2} ms over {}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times.len()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let filter = std::env::args()
@@ -237,5 +265,8 @@ async fn main() {
     }
     if run("push") {
         push(&relay).await;
+    }
+    if run("disk") {
+        disk();
     }
 }

@@ -325,6 +325,9 @@ pub struct Client {
     /// The stored outbox holds nothing but `fresh`: the next attempt
     /// need not read it back.
     outbox_clean: bool,
+    /// A send was committed without syncing (it began a session); the
+    /// next round's outcomes are synced.
+    unsynced_sends: bool,
     /// Relay sequence numbers of pushed envelopes processed (committed,
     /// not yet synced to the disk) and not yet acknowledged.
     unacked: Vec<u64>,
@@ -386,6 +389,7 @@ impl Client {
             agreements: Agreements::new(),
             fresh: Vec::new(),
             outbox_clean: true,
+            unsynced_sends: false,
             unacked: Vec::new(),
         };
         let registered = async {
@@ -438,6 +442,7 @@ impl Client {
             agreements: Agreements::new(),
             fresh: Vec::new(),
             outbox_clean: false,
+            unsynced_sends: false,
             unacked: Vec::new(),
         })
     }
@@ -826,7 +831,8 @@ impl Client {
         bodies: Vec<Body>,
     ) -> Result<Vec<MessageId>, ClientError> {
         let mut conversation = self.take_conversation(contact.id).await?;
-        if conversation.sessions.list.is_empty() {
+        let initiated = conversation.sessions.list.is_empty();
+        if initiated {
             let bundle = self.outbox().await?.fetch_bundle(&contact.identity).await?;
             let session = Session::initiate(&mut self.rng, &self.identity, &bundle)
                 .map_err(|e| ClientError::Crypto(e.to_string()))?;
@@ -898,7 +904,20 @@ impl Client {
             &conversation.sessions.to_bytes(),
             conversation.send_counter,
         );
-        self.profile.write(writes).await?;
+        if initiated {
+            // The session is new: if a power cut undid this commit after
+            // the envelope left, the next send would start another
+            // session with fresh keys, so nothing could be encrypted
+            // twice under one key. It is synced with the round's
+            // outcomes.
+            self.profile.write_unsynced(writes).await?;
+            self.unsynced_sends = true;
+        } else {
+            // Synced before the envelope leaves: a session state lost
+            // after its message went out would encrypt the next message
+            // under the same key.
+            self.profile.write(writes).await?;
+        }
         self.put_conversation(contact.id, conversation);
         self.fresh.extend(outgoing.into_iter().map(|(_, out)| out));
         Ok(ids)
@@ -1170,7 +1189,11 @@ impl Client {
             .iter()
             .map(|(out, status)| (out.message_id, *status))
             .collect();
-        self.profile.settle(&outcomes, &later).await?;
+        let synced = std::mem::take(&mut self.unsynced_sends);
+        if let Err(e) = self.profile.settle(&outcomes, &later, synced).await {
+            self.unsynced_sends |= synced;
+            return Err(e.into());
+        }
         self.outbox_clean =
             later.is_empty() && (!from_store || self.profile.outbox_len().await? == 0);
         let mut events = Vec::with_capacity(settled.len());

@@ -1029,11 +1029,13 @@ impl Profile {
 
     /// Stores the outcome of a round of attempts in one transaction:
     /// `settled` envelopes leave the outbox with their message's status;
-    /// `later` ones are due again at the given time.
+    /// `later` ones are due again at the given time. Synced to the disk
+    /// only if `synced` (it carries earlier unsynced commits with it).
     pub async fn settle(
         &self,
         settled: &[(MessageId, Status)],
         later: &[(MessageId, u64)],
+        synced: bool,
     ) -> Result<(), ProfileError> {
         let mut writes = Writes::default();
         let ids: Vec<MessageId> = settled.iter().map(|(id, _)| *id).collect();
@@ -1060,9 +1062,9 @@ impl Profile {
                 [Arg::Int(i64_of(*next_ms)), Arg::Blob(id.to_vec())],
             );
         }
-        // Not synced: an outcome lost with power is an envelope sent
-        // again under its id, which the relay recognises.
-        self.write_with(writes, false).await?;
+        // An outcome lost with power is an envelope sent again under its
+        // id, which the relay recognises: it need not be synced itself.
+        self.write_with(writes, synced).await?;
         Ok(())
     }
 

@@ -1135,28 +1135,27 @@ async fn take_bundle(
     let Some(q) = state.devices.get(device) else {
         return Ok(None);
     };
-    let Some(row) = sqlx::query(
+    // The writer is the only connection: take and delete are one step.
+    // Both statements go to the database in one call: the device's row
+    // (six columns), then the one-time prekey taken, if any (two).
+    let rows = sqlx::query(
         "SELECT spk_id, spk_public, spk_signature, lr_id, lr_public, lr_signature
-         FROM devices WHERE id = ?",
+         FROM devices WHERE id = ?;
+         DELETE FROM one_time_prekeys WHERE device = ? AND id =
+           (SELECT id FROM one_time_prekeys WHERE device = ? ORDER BY id LIMIT 1)
+         RETURNING id, public_key",
     )
     .bind(q.id)
-    .fetch_optional(&mut **tx)
-    .await?
-    else {
+    .bind(q.id)
+    .bind(q.id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let Some(row) = rows.iter().find(|r| r.len() == 6) else {
         return Ok(None);
     };
     let signed = row.signed_key(0)?;
     let last_resort = row.signed_key(3)?;
-    // The writer is the only connection: take and delete are one step.
-    let taken = sqlx::query(
-        "DELETE FROM one_time_prekeys WHERE device = ?1 AND id =
-           (SELECT id FROM one_time_prekeys WHERE device = ?1 ORDER BY id LIMIT 1)
-         RETURNING id, public_key",
-    )
-    .bind(q.id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let one_time = match taken {
+    let one_time = match rows.iter().find(|r| r.len() == 2) {
         Some(r) => Some((u32_of(r.try_get(0)?)?, fixed(r.try_get::<&[u8], _>(1)?)?)),
         None => None,
     };
