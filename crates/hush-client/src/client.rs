@@ -701,6 +701,7 @@ impl Client {
         if address.identity() == self.identity.public() {
             return Err(ClientError::OwnAddress);
         }
+        let known = self.cached_contacts().await?.iter().any(|c| c.name == name);
         let mut tx = self.profile.begin().await?;
         let result = Profile::put_contact(&mut tx, name, address.identity()).await;
         let Ok((contact, changed)) = result else {
@@ -717,7 +718,18 @@ impl Client {
             cached.retain(|c| c.id != contact.id);
             cached.push(contact.clone());
         }
-        self.conversations.remove(&contact.id);
+        if known {
+            self.conversations.remove(&contact.id);
+        } else {
+            // A new contact has no session and was sent nothing yet.
+            self.conversations.insert(
+                contact.id,
+                Conversation {
+                    sessions: Sessions::default(),
+                    send_counter: 0,
+                },
+            );
+        }
         Ok((contact, changed))
     }
 
@@ -1440,37 +1452,48 @@ impl Client {
                 return Ok(Vec::new());
             }
         };
-        let mut writes = Writes::default();
-        self.profile.stage_conversation(
-            &mut self.rng,
-            &mut writes,
-            contact.id,
-            &conversation.sessions.to_bytes(),
-            conversation.send_counter,
-        );
-        if let Some(id) = used_one_time {
-            Profile::stage_delete_prekey(&mut writes, PrekeyKind::OneTime, id);
-        }
-        let mut apply = None;
-        match Content::try_from(plaintext.as_slice()) {
+        let content = match Content::try_from(plaintext.as_slice()) {
+            Ok(content) => Some(content),
             Err(e) => {
-                tracing::warn!(seq, error = %e, "dropped a message whose content does not parse")
+                tracing::warn!(seq, error = %e, "dropped a message whose content does not parse");
+                None
             }
-            Ok(content) => {
-                if !self.profile.seen(&content.id).await? {
-                    Profile::stage_seen(&mut writes, &content.id);
-                    self.stage_content(&mut writes, &contact, &content, seq);
-                    apply = Some(content);
-                }
+        };
+        let session = conversation.sessions.to_bytes();
+        let stage_session = |client: &mut Self, writes: &mut Writes| {
+            client.profile.stage_conversation(
+                &mut client.rng,
+                writes,
+                contact.id,
+                &session,
+                conversation.send_counter,
+            );
+            if let Some(id) = used_one_time {
+                Profile::stage_delete_prekey(writes, PrekeyKind::OneTime, id);
             }
+        };
+        let mut writes = Writes::default();
+        stage_session(self, &mut writes);
+        if let Some(content) = &content {
+            Profile::stage_seen(&mut writes, &content.id);
+            self.stage_content(&mut writes, &contact, content, seq);
         }
         // Synced to the disk before the relay is told (`acknowledge`).
-        let rows = self.profile.write_unsynced(writes).await?;
-        self.put_conversation(contact.id, conversation);
-        let events = match apply {
-            Some(content) => Self::applied(&contact, content, seq, &rows)?,
-            None => Vec::new(),
+        let events = match self.profile.write_unsynced(writes).await {
+            Ok(rows) => match content {
+                Some(content) => Self::applied(&contact, content, seq, &rows)?,
+                None => Vec::new(),
+            },
+            Err(ProfileError::Duplicate) => {
+                // Seen before: only the session moves on.
+                let mut writes = Writes::default();
+                stage_session(self, &mut writes);
+                self.profile.write_unsynced(writes).await?;
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
         };
+        self.put_conversation(contact.id, conversation);
         // Stored: the senders may now be told.
         for event in &events {
             if let Event::Message(m) = event {

@@ -92,6 +92,10 @@ pub enum ProfileError {
     /// A stored value does not parse.
     #[error("profile data is damaged: {0}")]
     Damaged(String),
+    /// A write would store something a second time (a message id already
+    /// seen); nothing of it was stored.
+    #[error("already stored")]
+    Duplicate,
 }
 
 impl From<sqlx::Error> for ProfileError {
@@ -791,19 +795,12 @@ impl Profile {
         );
     }
 
-    /// Whether a message id was already processed.
-    pub async fn seen(&self, id: &MessageId) -> Result<bool, ProfileError> {
-        Ok(sqlx::query("SELECT 1 FROM seen WHERE message_id = ?")
-            .bind(&id[..])
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
-    }
-
-    /// Stages recording a message id as processed.
+    /// Stages recording a message id as processed. If it already was,
+    /// the write fails with [`ProfileError::Duplicate`] and stores
+    /// nothing.
     pub fn stage_seen(writes: &mut Writes, id: &MessageId) {
         writes.push(
-            "INSERT INTO seen (message_id, at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO seen (message_id, at_ms) VALUES (?, ?)",
             [Arg::Blob(id.to_vec()), Arg::Int(i64_of(now_ms()))],
         );
     }
@@ -1157,7 +1154,12 @@ impl Profile {
                         .execute(&mut *conn)
                         .await;
                 }
-                Err(e.into())
+                match &e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => {
+                        Err(ProfileError::Duplicate)
+                    }
+                    _ => Err(e.into()),
+                }
             }
         }
     }
@@ -1244,5 +1246,105 @@ pub fn order_by_sender_counter(messages: &mut [StoredMessage]) {
         for (slot, message) in slots.into_iter().zip(theirs) {
             messages[slot] = message;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn temp() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "hush-profile-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ))
+    }
+
+    fn message(id: MessageId, contact: i64, text: &str) -> StoredMessage {
+        StoredMessage {
+            id,
+            contact,
+            outgoing: false,
+            counter: 1,
+            sent_at_ms: 1,
+            text: text.into(),
+            status: Status::Sent,
+            recalled: false,
+        }
+    }
+
+    /// A write that would see an id a second time stores none of its
+    /// statements, and says so; a failed statement leaves the profile as
+    /// it was and writable.
+    #[tokio::test]
+    async fn a_write_is_all_or_nothing_and_seen_ids_are_refused() {
+        let mut rng = ChaCha20Rng::from_seed([9; 32]);
+        let home = temp();
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let profile = Profile::create(
+            &mut rng,
+            &home,
+            &Unlock::KeyFile,
+            &identity,
+            "127.0.0.1:1",
+            &[0; 32],
+        )
+        .await
+        .unwrap();
+        let peer = IdentityKeyPair::generate(&mut rng);
+        let mut tx = profile.begin().await.unwrap();
+        let (contact, _) = Profile::put_contact(&mut tx, "peer", peer.public())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let mut writes = Writes::default();
+        Profile::stage_seen(&mut writes, &[1; 16]);
+        profile.stage_messages(
+            &mut rng,
+            &mut writes,
+            &[(&message([1; 16], contact.id, "one"), Some(1))],
+        );
+        profile.write_unsynced(writes).await.unwrap();
+
+        let mut writes = Writes::default();
+        profile.stage_messages(
+            &mut rng,
+            &mut writes,
+            &[(&message([2; 16], contact.id, "two"), Some(2))],
+        );
+        Profile::stage_seen(&mut writes, &[1; 16]);
+        assert!(matches!(
+            profile.write_unsynced(writes).await,
+            Err(ProfileError::Duplicate)
+        ));
+
+        let mut writes = Writes::default();
+        Profile::stage_seen(&mut writes, &[3; 16]);
+        profile.stage_messages(
+            &mut rng,
+            &mut writes,
+            &[(&message([3; 16], contact.id, "three"), Some(3))],
+        );
+        profile.write(writes).await.unwrap();
+        profile.sync().await.unwrap();
+
+        let texts: Vec<String> = profile
+            .history(contact.id, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["one", "three"]);
+        profile.close().await;
+        let _ = std::fs::remove_dir_all(&home);
     }
 }
