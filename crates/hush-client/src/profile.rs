@@ -409,12 +409,25 @@ impl Profile {
             .fetch_one(&pool)
             .await?
             .try_get(0)?;
-        Ok(Self {
+        let profile = Self {
             pool,
             vault,
             home: home.to_path_buf(),
             next_position: AtomicI64::new(last + 1),
-        })
+        };
+        profile
+            .expire_seen(now_ms().saturating_sub(SEEN_KEPT.as_millis() as u64))
+            .await?;
+        Ok(profile)
+    }
+
+    /// Forgets the ids seen before `before_ms`. Returns how many.
+    pub async fn expire_seen(&self, before_ms: u64) -> Result<u64, ProfileError> {
+        Ok(sqlx::query("DELETE FROM seen WHERE at_ms < ?")
+            .bind(i64_of(before_ms))
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// Whether the profile in `home` needs a passphrase.
@@ -1165,6 +1178,12 @@ impl Profile {
     }
 }
 
+/// How long a processed message id is remembered: twice the relay's
+/// default envelope lifetime (`spec/relay.md`). An envelope older than
+/// that cannot come again from a relay with default settings, and one
+/// that did would still be refused by its session (its key is used up).
+pub const SEEN_KEPT: Duration = Duration::from_secs(60 * 24 * 3600);
+
 /// Rows per multi-row statement.
 const ROWS_PER_STATEMENT: usize = 64;
 
@@ -1344,6 +1363,10 @@ mod tests {
             .map(|m| m.text)
             .collect();
         assert_eq!(texts, ["one", "three"]);
+
+        // Seen ids are forgotten once old enough, and only then.
+        assert_eq!(profile.expire_seen(1).await.unwrap(), 0);
+        assert_eq!(profile.expire_seen(now_ms() + 1).await.unwrap(), 2);
         profile.close().await;
         let _ = std::fs::remove_dir_all(&home);
     }
