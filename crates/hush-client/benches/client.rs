@@ -13,101 +13,30 @@
 //! `cargo bench -p hush-client --bench client [-- first|steady|push|disk]`
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hush_client::client::Event;
 use hush_client::{Client, Options, Unlock};
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hush-bench-client-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Relay, temp_dir as temp};
 
-struct Relay {
-    child: Child,
-    addr: String,
-    pin: [u8; 32],
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn relay_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|p| p.parent()).unwrap().to_path_buf();
-    let bin = dir.join("hush-relay");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "hush-relay",
-                "--bin",
-                "hush-relay",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
-
+/// The release relay, with rate limits out of the way of one client's
+/// bursts.
 fn start_relay() -> Relay {
-    let bin = relay_binary();
-    let data = temp("relay");
-    let out = Command::new(&bin)
-        .args(["--data", data.to_str().unwrap(), "fingerprint"])
-        .output()
-        .unwrap();
-    let pin = hush_relay::client::parse_fingerprint(&String::from_utf8_lossy(&out.stdout)).unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let config = data.join("relay.toml");
-    std::fs::write(&config, "send_burst = 1000000\nsend_refill_micros = 1\nbundle_burst = 100000\nbundle_refill_secs = 1\n").unwrap();
-    let log = data.join("relay.log");
-    let child = Command::new(&bin)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &addr,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    Relay { child, addr, pin }
+    Relay::start_with(
+        "bench",
+        "send_burst = 1000000\nsend_refill_micros = 1\nbundle_burst = 100000\nbundle_refill_secs = 1\n",
+    )
 }
 
 async fn client(relay: &Relay, name: &str) -> Client {
+    let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).unwrap();
     Client::init(
         &temp(name),
-        &relay.addr,
-        relay.pin,
+        &relay.address(),
+        pin,
         Unlock::KeyFile,
         Options::default(),
     )

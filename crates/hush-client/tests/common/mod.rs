@@ -73,7 +73,18 @@ impl Relay {
         Self::start_at(data, addr)
     }
 
-    /// Starts (or restarts) a relay on `data` and `addr`.
+    /// Starts a relay with this configuration file (TOML).
+    pub fn start_with(name: &str, config: &str) -> Self {
+        let data = temp_dir(&format!("relay-{name}"));
+        std::fs::write(data.join("relay.toml"), config).expect("writes the config");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
+            .parse()
+            .expect("addr");
+        Self::start_at(data, addr)
+    }
+
+    /// Starts (or restarts) a relay on `data` and `addr`, with
+    /// `data/relay.toml` as its configuration if there is one.
     pub fn start_at(data: PathBuf, addr: SocketAddr) -> Self {
         let bin = relay_binary();
         let out = Command::new(&bin)
@@ -83,7 +94,12 @@ impl Relay {
         assert!(out.status.success(), "fingerprint: {out:?}");
         let fingerprint = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let log = data.join(format!("relay-{}.log", std::process::id()));
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        let config = data.join("relay.toml");
+        if config.exists() {
+            command.args(["--config", config.to_str().expect("utf-8")]);
+        }
+        let child = command
             .args([
                 "--data",
                 data.to_str().expect("utf-8"),
