@@ -34,6 +34,8 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::content::{Body, Content, MessageId, ReceiptKind};
+
+mod groups;
 use crate::profile::{
     Contact, Outgoing, PrekeyKind, Profile, ProfileError, Status, StoredMessage, Unlock, Writes,
     now_ms,
@@ -84,6 +86,21 @@ pub enum ClientError {
     /// The crypto core refused (should not happen with stored state).
     #[error("encryption failed: {0}")]
     Crypto(String),
+    /// No group by that name among this device's groups.
+    #[error("no group named {0:?} (see `hush group list`)")]
+    UnknownGroup(String),
+    /// Several groups have that name.
+    #[error("more than one group is named {0:?}")]
+    AmbiguousGroup(String),
+    /// A group name is empty or too long.
+    #[error("group names are 1 to {} bytes", crate::content::MAX_GROUP_NAME)]
+    BadGroupName,
+    /// More members than a group holds.
+    #[error("a group has at most {} members", crate::content::MAX_GROUP_MEMBERS)]
+    TooManyMembers,
+    /// Nobody else is in the group.
+    #[error("nobody else is in group {0:?}")]
+    EmptyGroup(String),
     /// The relay never acknowledged the message within the retry window.
     #[error("the relay did not take the message within {0:?}; it is marked failed")]
     Undelivered(Duration),
@@ -144,6 +161,16 @@ pub enum Event {
         /// Typing now.
         typing: bool,
     },
+    /// A group changed: this device was added to it (or it changed while
+    /// a member), or removed from it (`member` false).
+    Group {
+        /// The group's name.
+        group: String,
+        /// The admin who changed it.
+        by: String,
+        /// This device is a member now.
+        member: bool,
+    },
     /// A contact withdrew one of their messages.
     Recalled {
         /// The contact.
@@ -170,6 +197,8 @@ pub struct Received {
     pub counter: u64,
     /// The relay's sequence number in this device's queue.
     pub seq: u64,
+    /// The group it was sent in, by name; `None` for a 1:1 message.
+    pub group: Option<String>,
 }
 
 /// Sessions kept with one contact: the current one first, then up to
@@ -881,6 +910,7 @@ impl Client {
                     text,
                     status: Status::Sending,
                     recalled: false,
+                    group: None,
                 });
             }
             messages.push((message.content_type(), message.to_bytes()));
@@ -898,6 +928,8 @@ impl Client {
                         device_key: *contact.identity.as_bytes(),
                         body: sealed.body.to_bytes(),
                         slot: sealed.slot,
+                        more: Vec::new(),
+                        group: None,
                         first_attempt_ms: now,
                         attempts: 0,
                     },
@@ -1129,10 +1161,13 @@ impl Client {
                                 proto::Send {
                                     message_id: out.message_id.to_vec(),
                                     body: out.body.clone(),
-                                    recipients: vec![proto::Recipient {
-                                        device_key: out.device_key.to_vec(),
-                                        slot: out.slot.to_vec(),
-                                    }],
+                                    recipients: std::iter::once((&out.device_key, &out.slot))
+                                        .chain(out.more.iter().map(|(d, s)| (d, s)))
+                                        .map(|(device, slot)| proto::Recipient {
+                                            device_key: device.to_vec(),
+                                            slot: slot.to_vec(),
+                                        })
+                                        .collect(),
                                 },
                             ))
                             .await
@@ -1210,7 +1245,22 @@ impl Client {
             later.is_empty() && (!from_store || self.profile.outbox_len().await? == 0);
         let mut events = Vec::with_capacity(settled.len());
         let mut names: BTreeMap<[u8; 32], Option<String>> = BTreeMap::new();
+        let mut groups: Option<Vec<crate::profile::Group>> = None;
         for (out, status) in settled {
+            if let Some(group) = out.group {
+                // A group send: its status is the group's.
+                if groups.is_none() {
+                    groups = Some(self.profile.groups().await?);
+                }
+                if let Some(g) = groups.iter().flatten().find(|g| g.id == group) {
+                    events.push(Event::Status {
+                        contact: g.name.clone(),
+                        id: out.message_id,
+                        status,
+                    });
+                }
+                continue;
+            }
             let name = match names.get(&out.device_key) {
                 Some(name) => name.clone(),
                 None => {
@@ -1403,7 +1453,11 @@ impl Client {
             ContentType::Ratchet => RatchetMessage::try_from(opened.content.as_slice())
                 .map(SessionMessage::Ratchet)
                 .ok(),
-            ContentType::SenderKey => None,
+            ContentType::SenderKey => {
+                return self
+                    .receive_group(&opened.sender, &opened.content, seq)
+                    .await;
+            }
         };
         let Some(message) = message else {
             tracing::warn!(seq, "dropped an envelope whose message does not parse");
@@ -1472,28 +1526,43 @@ impl Client {
                 Profile::stage_delete_prekey(writes, PrekeyKind::OneTime, id);
             }
         };
+        let work = match &content {
+            Some(c) => {
+                self.group_work(&opened.sender, &contact.name, &c.body)
+                    .await?
+            }
+            None => groups::GroupWork::default(),
+        };
         let mut writes = Writes::default();
         stage_session(self, &mut writes);
         if let Some(content) = &content {
             Profile::stage_seen(&mut writes, &content.id);
             self.stage_content(&mut writes, &contact, content, seq);
+            work.stage(self, &mut writes);
         }
         // Synced to the disk before the relay is told (`acknowledge`).
-        let events = match self.profile.write_unsynced(writes).await {
-            Ok(rows) => match content {
-                Some(content) => Self::applied(&contact, content, seq, &rows)?,
-                None => Vec::new(),
-            },
+        let (events, work) = match self.profile.write_unsynced(writes).await {
+            Ok(rows) => {
+                let mut events = match content {
+                    Some(content) => Self::applied(&contact, content, seq, &rows)?,
+                    None => Vec::new(),
+                };
+                events.extend(work.event());
+                (events, Some(work))
+            }
             Err(ProfileError::Duplicate) => {
                 // Seen before: only the session moves on.
                 let mut writes = Writes::default();
                 stage_session(self, &mut writes);
                 self.profile.write_unsynced(writes).await?;
-                Vec::new()
+                (Vec::new(), None)
             }
             Err(e) => return Err(e.into()),
         };
         self.put_conversation(contact.id, conversation);
+        if let Some(work) = work {
+            self.group_follow_up(work).await?;
+        }
         // Stored: the senders may now be told.
         for event in &events {
             if let Event::Message(m) = event {
@@ -1522,6 +1591,7 @@ impl Client {
                     text: text.clone(),
                     status: Status::Sent,
                     recalled: false,
+                    group: None,
                 };
                 self.profile
                     .stage_messages(&mut self.rng, writes, &[(&message, Some(seq))]);
@@ -1538,6 +1608,8 @@ impl Client {
                 self.profile
                     .stage_recall(&mut self.rng, writes, contact.id, id, false);
             }
+            // Worked out by `group_work`, staged with its result.
+            Body::GroupUpdate(_) | Body::SenderKey(_) | Body::SenderKeyRequest(_) => {}
         }
     }
 
@@ -1568,6 +1640,7 @@ impl Client {
                 sent_at_ms: content.sent_at_ms,
                 counter: content.counter,
                 seq,
+                group: None,
             })],
             Body::Receipt(kind, _) => {
                 let status = match kind {
@@ -1597,6 +1670,8 @@ impl Client {
                     }]
                 }
             }
+            // Their events come from `group_work`.
+            Body::GroupUpdate(_) | Body::SenderKey(_) | Body::SenderKeyRequest(_) => Vec::new(),
         })
     }
 }

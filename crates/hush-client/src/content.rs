@@ -4,6 +4,7 @@
 use hush_proto::Message as _;
 use hush_proto::client as proto;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// A message id: 16 random bytes chosen by the sender.
 pub type MessageId = [u8; 16];
@@ -14,6 +15,56 @@ pub const MAX_TEXT: usize = 60_000;
 
 /// The most message ids one receipt names.
 pub const MAX_RECEIPT_IDS: usize = 1_000;
+
+/// The most members a group has, admins included.
+pub const MAX_GROUP_MEMBERS: usize = 1_024;
+
+/// The longest group name, bytes of UTF-8.
+pub const MAX_GROUP_NAME: usize = 128;
+
+/// A group id: 16 random bytes chosen by its creator.
+pub type GroupId = [u8; 16];
+
+/// The state of a group as an admin announces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupState {
+    /// The group.
+    pub id: GroupId,
+    /// 1 at creation, higher with every change.
+    pub version: u64,
+    /// Its name.
+    pub name: String,
+    /// Identity keys of the members, admins included, each once.
+    pub members: Vec<[u8; 32]>,
+    /// Identity keys of the admins, each a member.
+    pub admins: Vec<[u8; 32]>,
+}
+
+/// A sender-key distribution as it travels (`spec/sender-keys.md`).
+/// Secret: it holds a chain key. Compared in constant time; `Debug`
+/// shows nothing of it.
+#[derive(Clone)]
+pub struct SenderKeyBytes(pub Zeroizing<Vec<u8>>);
+
+impl PartialEq for SenderKeyBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(other.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for SenderKeyBytes {}
+
+impl core::fmt::Debug for SenderKeyBytes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SenderKeyBytes(..)")
+    }
+}
 
 /// Why content did not parse.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -46,6 +97,12 @@ pub enum Body {
     Typing(bool),
     /// The sender withdraws one of its messages.
     Recall(MessageId),
+    /// A group's new state, from an admin.
+    GroupUpdate(GroupState),
+    /// The sender's sender key for a group.
+    SenderKey(SenderKeyBytes),
+    /// The sender asks for the recipient's sender key of a group.
+    SenderKeyRequest(GroupId),
 }
 
 /// One message between two devices.
@@ -77,6 +134,21 @@ impl Content {
             Body::Recall(id) => proto::content::Body::Recall(proto::Recall {
                 message_id: id.to_vec(),
             }),
+            Body::GroupUpdate(g) => proto::content::Body::GroupUpdate(proto::GroupUpdate {
+                group_id: g.id.to_vec(),
+                version: g.version,
+                name: g.name.clone(),
+                members: g.members.iter().map(|m| m.to_vec()).collect(),
+                admins: g.admins.iter().map(|a| a.to_vec()).collect(),
+            }),
+            Body::SenderKey(key) => proto::content::Body::SenderKey(proto::SenderKey {
+                distribution: key.0.to_vec(),
+            }),
+            Body::SenderKeyRequest(group) => {
+                proto::content::Body::SenderKeyRequest(proto::SenderKeyRequest {
+                    group_id: group.to_vec(),
+                })
+            }
         };
         proto::Content {
             message_id: self.id.to_vec(),
@@ -124,6 +196,20 @@ impl TryFrom<&[u8]> for Content {
             proto::content::Body::Recall(r) => {
                 Body::Recall(id("recall.message_id", &r.message_id)?)
             }
+            proto::content::Body::GroupUpdate(g) => Body::GroupUpdate(group_state(g)?),
+            proto::content::Body::SenderKey(mut k) => {
+                let bytes = Zeroizing::new(std::mem::take(&mut k.distribution));
+                if bytes.is_empty() {
+                    return Err(ContentError::Field("sender_key.distribution"));
+                }
+                Body::SenderKey(SenderKeyBytes(bytes))
+            }
+            proto::content::Body::SenderKeyRequest(r) => Body::SenderKeyRequest(
+                r.group_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| ContentError::Field("sender_key_request.group_id"))?,
+            ),
         };
         if raw.counter == 0 {
             return Err(ContentError::Field("counter"));
@@ -135,6 +221,54 @@ impl TryFrom<&[u8]> for Content {
             body,
         })
     }
+}
+
+/// Checks a `GroupUpdate`: sizes, limits, members each once, admins
+/// among them.
+fn group_state(g: proto::GroupUpdate) -> Result<GroupState, ContentError> {
+    let id = g
+        .group_id
+        .as_slice()
+        .try_into()
+        .map_err(|_| ContentError::Field("group_update.group_id"))?;
+    if g.version == 0 {
+        return Err(ContentError::Field("group_update.version"));
+    }
+    if g.name.is_empty() || g.name.len() > MAX_GROUP_NAME {
+        return Err(ContentError::Field("group_update.name"));
+    }
+    let keys = |list: &[Vec<u8>], field| -> Result<Vec<[u8; 32]>, ContentError> {
+        let keys: Vec<[u8; 32]> = list
+            .iter()
+            .map(|k| {
+                k.as_slice()
+                    .try_into()
+                    .map_err(|_| ContentError::Field(field))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != keys.len() {
+            return Err(ContentError::Field(field));
+        }
+        Ok(keys)
+    };
+    let members = keys(&g.members, "group_update.members")?;
+    if members.is_empty() || members.len() > MAX_GROUP_MEMBERS {
+        return Err(ContentError::Field("group_update.members"));
+    }
+    let admins = keys(&g.admins, "group_update.admins")?;
+    if admins.is_empty() || admins.iter().any(|a| !members.contains(a)) {
+        return Err(ContentError::Field("group_update.admins"));
+    }
+    Ok(GroupState {
+        id,
+        version: g.version,
+        name: g.name,
+        members,
+        admins,
+    })
 }
 
 #[cfg(test)]
@@ -152,6 +286,15 @@ mod tests {
             Body::Typing(true),
             Body::Typing(false),
             Body::Recall([4; 16]),
+            Body::GroupUpdate(GroupState {
+                id: [5; 16],
+                version: 3,
+                name: "friends".into(),
+                members: vec![[1; 32], [2; 32], [3; 32]],
+                admins: vec![[2; 32]],
+            }),
+            Body::SenderKey(SenderKeyBytes(Zeroizing::new(vec![1, 2, 3]))),
+            Body::SenderKeyRequest([6; 16]),
         ] {
             let content = Content {
                 id: [9; 16],
@@ -222,6 +365,76 @@ mod tests {
         assert_eq!(
             Content::try_from(&[0xff, 0xff, 0xff][..]),
             Err(ContentError::Malformed)
+        );
+    }
+
+    #[test]
+    fn bad_group_updates_are_refused() {
+        let good = proto::GroupUpdate {
+            group_id: vec![1; 16],
+            version: 1,
+            name: "g".into(),
+            members: vec![vec![1; 32], vec![2; 32]],
+            admins: vec![vec![1; 32]],
+        };
+        assert!(group_state(good.clone()).is_ok());
+        let check = |mutate: &dyn Fn(&mut proto::GroupUpdate), field: &'static str| {
+            let mut g = good.clone();
+            mutate(&mut g);
+            assert_eq!(group_state(g), Err(ContentError::Field(field)));
+        };
+        check(&|g| g.group_id = vec![1; 15], "group_update.group_id");
+        check(&|g| g.version = 0, "group_update.version");
+        check(&|g| g.name = String::new(), "group_update.name");
+        check(
+            &|g| g.name = "x".repeat(MAX_GROUP_NAME + 1),
+            "group_update.name",
+        );
+        check(&|g| g.members.clear(), "group_update.members");
+        check(&|g| g.members.push(vec![1; 32]), "group_update.members");
+        check(&|g| g.members.push(vec![1; 31]), "group_update.members");
+        check(&|g| g.admins.clear(), "group_update.admins");
+        check(&|g| g.admins = vec![vec![9; 32]], "group_update.admins");
+        let mut too_many = good.clone();
+        too_many.members = (0..=MAX_GROUP_MEMBERS)
+            .map(|i| (i as u32).to_be_bytes().repeat(8))
+            .collect();
+        too_many.admins = vec![too_many.members[0].clone()];
+        assert_eq!(
+            group_state(too_many),
+            Err(ContentError::Field("group_update.members"))
+        );
+        let content = |body| proto::Content {
+            message_id: vec![1; 16],
+            sent_at_ms: 1,
+            counter: 1,
+            body: Some(body),
+        };
+        assert_eq!(
+            Content::try_from(
+                content(proto::content::Body::SenderKey(proto::SenderKey {
+                    distribution: vec![]
+                }))
+                .encode_to_vec()
+                .as_slice()
+            ),
+            Err(ContentError::Field("sender_key.distribution"))
+        );
+        assert_eq!(
+            Content::try_from(
+                content(proto::content::Body::SenderKeyRequest(
+                    proto::SenderKeyRequest {
+                        group_id: vec![1; 3]
+                    }
+                ))
+                .encode_to_vec()
+                .as_slice()
+            ),
+            Err(ContentError::Field("sender_key_request.group_id"))
+        );
+        assert_eq!(
+            format!("{:?}", SenderKeyBytes(Zeroizing::new(vec![7; 8]))),
+            "SenderKeyBytes(..)"
         );
     }
 }

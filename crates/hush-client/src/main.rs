@@ -35,6 +35,10 @@ const USAGE: &str = "usage: hush [--home DIR] COMMAND
   contact list
   send NAME TEXT [--retry-secs N]
                           send; exits 0 once the relay has stored it
+  send --group GROUP TEXT send to every member of a group
+  group create GROUP MEMBER...
+                          make a group of you and these contacts (you are its admin)
+  group list              the groups you are in, with their members
   sync [--json]           fetch and print everything waiting, then exit
   listen [--json]         stay connected and print messages as they arrive
   verify NAME [--accept]  print the safety number (--accept: mark verified,
@@ -74,7 +78,7 @@ struct Args {
 
 impl Args {
     fn parse(raw: Vec<String>) -> Result<Self> {
-        const VALUED: &[&str] = &["--home", "--relay", "--pin", "--retry-secs"];
+        const VALUED: &[&str] = &["--home", "--relay", "--pin", "--retry-secs", "--group"];
         const SWITCHES: &[&str] = &["--json", "--passphrase", "--accept", "-h", "--help"];
         let mut positional = Vec::new();
         let mut flags = Vec::new();
@@ -164,17 +168,34 @@ fn print_message(m: &Received, json: bool) {
                 "sent_at": m.sent_at_ms,
                 "counter": m.counter,
                 "seq": m.seq,
+                "group": m.group,
             })
         );
     } else {
-        println!("{}: {}", m.from, m.text);
+        match &m.group {
+            Some(group) => println!("[{group}] {}: {}", m.from, m.text),
+            None => println!("{}: {}", m.from, m.text),
+        }
     }
 }
 
 fn print_events(events: &[Event], json: bool) {
     for event in events {
-        if let Event::Message(m) = event {
-            print_message(m, json);
+        match event {
+            Event::Message(m) => print_message(m, json),
+            Event::Group { group, by, member } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"group_event": group, "by": by, "member": member})
+                    );
+                } else if *member {
+                    eprintln!("hush: {by} updated group {group:?} (you are a member)");
+                } else {
+                    eprintln!("hush: {by} removed you from group {group:?}");
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -244,11 +265,54 @@ async fn run(raw: Vec<String>) -> Result<()> {
             _ => bail!("usage: hush contact add NAME ADDRESS | hush contact list"),
         },
         "send" => {
-            let w = args.words(3, "send NAME TEXT")?;
-            let mut client = open(&args, options).await?;
-            let id = client.send_text(&w[1], &w[2]).await?;
+            let mut client;
+            let id = if let Some(group) = args.value("--group") {
+                let w = args.words(2, "send --group GROUP TEXT")?;
+                client = open(&args, options).await?;
+                client.send_group_text(group, &w[1]).await?
+            } else {
+                let w = args.words(3, "send NAME TEXT")?;
+                client = open(&args, options).await?;
+                client.send_text(&w[1], &w[2]).await?
+            };
             client.wait_sent(&[id]).await?;
         }
+        "group" => match args.positional.get(1).map(String::as_str) {
+            Some("create") if args.positional.len() >= 4 => {
+                let mut client = open(&args, options).await?;
+                client
+                    .create_group(&args.positional[2], &args.positional[3..])
+                    .await?;
+            }
+            Some("list") => {
+                args.words(2, "group list")?;
+                let client = open(&args, options).await?;
+                let contacts = client.contacts().await?;
+                let me = client.address().to_string();
+                for g in client.groups().await? {
+                    if !g.member {
+                        continue;
+                    }
+                    let names: Vec<String> = g
+                        .members
+                        .iter()
+                        .map(|m| {
+                            let address = hush_crypto::Address::from(m).to_string();
+                            if address == me {
+                                "me".to_string()
+                            } else {
+                                contacts
+                                    .iter()
+                                    .find(|c| c.identity == *m)
+                                    .map_or(address, |c| c.name.clone())
+                            }
+                        })
+                        .collect();
+                    println!("{}  {}", g.name, names.join(" "));
+                }
+            }
+            _ => bail!("usage: hush group create GROUP MEMBER... | hush group list"),
+        },
         "sync" => {
             args.words(1, "sync [--json]")?;
             let mut client = open(&args, options).await?;

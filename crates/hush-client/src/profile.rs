@@ -23,11 +23,11 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::content::MessageId;
+use crate::content::{GroupId, MessageId};
 use crate::vault::{Vault, VaultError};
 
 /// The schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -67,6 +67,31 @@ const SCHEMA: &[&str] = &[
         attempts INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE seen (message_id BLOB PRIMARY KEY, at_ms INTEGER NOT NULL)",
 ];
+
+/// From each schema version to the next: `MIGRATIONS[v - 1]` takes a
+/// version `v` profile to `v + 1`. A new profile runs [`SCHEMA`] and then
+/// all of them.
+const MIGRATIONS: &[&[&str]] = &[&[
+    // 1 -> 2: groups.
+    "ALTER TABLE messages ADD COLUMN grp BLOB",
+    "CREATE INDEX messages_by_group ON messages (grp, position) WHERE grp IS NOT NULL",
+    // Recipients after the first (device key || slot, 80 bytes each) and
+    // the group of a group send.
+    "ALTER TABLE outbox ADD COLUMN more_recipients BLOB",
+    "ALTER TABLE outbox ADD COLUMN grp BLOB",
+    "CREATE TABLE groups (
+        id BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        members BLOB NOT NULL,
+        admins BLOB NOT NULL,
+        member INTEGER NOT NULL,
+        send_counter INTEGER NOT NULL DEFAULT 0,
+        sender_key BLOB)",
+    "CREATE TABLE sender_keys (
+        grp BLOB NOT NULL, sender BLOB NOT NULL, record BLOB NOT NULL,
+        PRIMARY KEY (grp, sender))",
+]];
 
 /// Profile failures.
 #[derive(Debug, Error)]
@@ -204,6 +229,48 @@ pub struct StoredMessage {
     pub status: Status,
     /// Withdrawn by its sender.
     pub recalled: bool,
+    /// The group it was sent in (for an outgoing group message,
+    /// `contact` is 0).
+    pub group: Option<GroupId>,
+}
+
+/// A group as this device holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The group id.
+    pub id: GroupId,
+    /// Its name, as its admins announced it.
+    pub name: String,
+    /// The version of the state held.
+    pub version: u64,
+    /// Members, admins included (this device's identity among them while
+    /// it is a member).
+    pub members: Vec<IdentityKey>,
+    /// Admins.
+    pub admins: Vec<IdentityKey>,
+    /// This device is a member.
+    pub member: bool,
+    /// The last counter given to a message of this device in the group.
+    pub send_counter: u64,
+}
+
+fn keys_blob(keys: &[IdentityKey]) -> Vec<u8> {
+    keys.iter()
+        .flat_map(|k| k.as_bytes().iter().copied())
+        .collect()
+}
+
+fn keys_of_blob(what: &str, bytes: &[u8]) -> Result<Vec<IdentityKey>, ProfileError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(ProfileError::Damaged(format!("{what} list")));
+    }
+    bytes
+        .chunks_exact(32)
+        .map(|c| {
+            IdentityKey::from_bytes(&fixed(what, c)?)
+                .map_err(|e| ProfileError::Damaged(format!("{what}: {e}")))
+        })
+        .collect()
 }
 
 /// An envelope waiting for the relay's acknowledgement.
@@ -217,6 +284,10 @@ pub struct Outgoing {
     pub body: Vec<u8>,
     /// The recipient's key slot.
     pub slot: [u8; 48],
+    /// A group send's other recipients (device, slot), the same body.
+    pub more: Vec<([u8; 32], [u8; 48])>,
+    /// The group of a group send.
+    pub group: Option<GroupId>,
     /// When the first attempt was made.
     pub first_attempt_ms: u64,
     /// Attempts made.
@@ -332,7 +403,7 @@ impl Profile {
         };
         let pool = Self::connect(home, true).await?;
         let mut tx = pool.begin().await?;
-        for statement in SCHEMA {
+        for statement in SCHEMA.iter().chain(MIGRATIONS.iter().copied().flatten()) {
             sqlx::query(*statement).execute(&mut *tx).await?;
         }
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -386,6 +457,23 @@ impl Profile {
             .try_get(0)?;
         if version > SCHEMA_VERSION {
             return Err(ProfileError::Newer(version));
+        }
+        if version < SCHEMA_VERSION {
+            let mut tx = pool.begin().await?;
+            for step in MIGRATIONS
+                .iter()
+                .skip(usize::try_from(version - 1).unwrap_or(0))
+            {
+                for statement in *step {
+                    sqlx::query(*statement).execute(&mut *tx).await?;
+                }
+            }
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {SCHEMA_VERSION}"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
         }
         let kind = Self::meta_in(&pool, "unlock").await?;
         let vault = match kind.as_deref() {
@@ -827,7 +915,7 @@ impl Profile {
         writes: &mut Writes,
         messages: &[(&StoredMessage, Option<u64>)],
     ) {
-        const COLUMNS: usize = 10;
+        const COLUMNS: usize = 11;
         for chunk in messages.chunks(ROWS_PER_STATEMENT) {
             let first = self
                 .next_position
@@ -854,11 +942,12 @@ impl Profile {
                     },
                     Arg::Blob(sealed),
                     Arg::Int(message.status as i64),
+                    message.group.map_or(Arg::Null, |g| Arg::Blob(g.to_vec())),
                 ]);
             }
             writes.push(
                 &format!(
-                    "INSERT INTO messages (id, position, contact, outgoing, counter, relay_seq, sent_at_ms, received_at_ms, text, status) VALUES {}",
+                    "INSERT INTO messages (id, position, contact, outgoing, counter, relay_seq, sent_at_ms, received_at_ms, text, status, grp) VALUES {}",
                     rows(COLUMNS, chunk.len())
                 ),
                 args,
@@ -939,14 +1028,37 @@ impl Profile {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, ProfileError> {
         let rows = sqlx::query(
-            "SELECT id, outgoing, counter, sent_at_ms, text, status, recalled FROM
-               (SELECT * FROM messages WHERE contact = ? ORDER BY position DESC LIMIT ?)
+            "SELECT id, outgoing, counter, sent_at_ms, text, status, recalled, contact, grp FROM
+               (SELECT * FROM messages WHERE contact = ? AND grp IS NULL ORDER BY position DESC LIMIT ?)
              ORDER BY position",
         )
         .bind(contact)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
+        self.messages_from_rows(rows)
+    }
+
+    /// A group's messages, the last `limit`, in the order of
+    /// [`Self::history`].
+    pub async fn group_history(
+        &self,
+        group: &GroupId,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, ProfileError> {
+        let rows = sqlx::query(
+            "SELECT id, outgoing, counter, sent_at_ms, text, status, recalled, contact, grp FROM
+               (SELECT * FROM messages WHERE grp = ? ORDER BY position DESC LIMIT ?)
+             ORDER BY position",
+        )
+        .bind(&group[..])
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        self.messages_from_rows(rows)
+    }
+
+    fn messages_from_rows(&self, rows: Vec<SqliteRow>) -> Result<Vec<StoredMessage>, ProfileError> {
         let mut messages = Vec::with_capacity(rows.len());
         for row in rows {
             let id: MessageId = fixed("message id", &row.try_get::<Vec<u8>, _>(0)?)?;
@@ -956,13 +1068,17 @@ impl Profile {
                 .open(&format!("message:{}", hex::encode(id)), &sealed)?;
             messages.push(StoredMessage {
                 id,
-                contact,
+                contact: row.try_get(7)?,
                 outgoing: row.try_get::<i64, _>(1)? != 0,
                 counter: u64_of(row.try_get(2)?),
                 sent_at_ms: u64_of(row.try_get(3)?),
                 text: String::from_utf8_lossy(&text).into_owned(),
                 status: Status::from_i64(row.try_get(5)?),
                 recalled: row.try_get::<i64, _>(6)? != 0,
+                group: row
+                    .try_get::<Option<Vec<u8>>, _>(8)?
+                    .map(|g| fixed("group id", &g))
+                    .transpose()?,
             });
         }
         order_by_sender_counter(&mut messages);
@@ -971,7 +1087,7 @@ impl Profile {
 
     /// Stages envelopes for the relay, each with its contact.
     pub fn stage_outgoing(writes: &mut Writes, outgoing: &[(i64, Outgoing)]) {
-        const COLUMNS: usize = 7;
+        const COLUMNS: usize = 9;
         for chunk in outgoing.chunks(ROWS_PER_STATEMENT) {
             let mut args = Vec::with_capacity(chunk.len() * COLUMNS);
             for (contact, out) in chunk {
@@ -983,11 +1099,23 @@ impl Profile {
                     Arg::Blob(out.slot.to_vec()),
                     Arg::Int(i64_of(out.first_attempt_ms)),
                     Arg::Int(i64_of(out.first_attempt_ms)),
+                    if out.more.is_empty() {
+                        Arg::Null
+                    } else {
+                        Arg::Blob(
+                            out.more
+                                .iter()
+                                .flat_map(|(device, slot)| device.iter().chain(slot.iter()))
+                                .copied()
+                                .collect(),
+                        )
+                    },
+                    out.group.map_or(Arg::Null, |g| Arg::Blob(g.to_vec())),
                 ]);
             }
             writes.push(
                 &format!(
-                    "INSERT INTO outbox (message_id, contact, device_key, body, slot, first_attempt_ms, next_attempt_ms) VALUES {}",
+                    "INSERT INTO outbox (message_id, contact, device_key, body, slot, first_attempt_ms, next_attempt_ms, more_recipients, grp) VALUES {}",
                     rows(COLUMNS, chunk.len())
                 ),
                 args,
@@ -998,8 +1126,8 @@ impl Profile {
     /// Envelopes due for an attempt at `now_ms`, oldest first.
     pub async fn due(&self, now_ms: u64) -> Result<Vec<Outgoing>, ProfileError> {
         let rows = sqlx::query(
-            "SELECT message_id, device_key, body, slot, first_attempt_ms, attempts FROM outbox
-             WHERE next_attempt_ms <= ? ORDER BY first_attempt_ms, rowid",
+            "SELECT message_id, device_key, body, slot, first_attempt_ms, attempts, more_recipients, grp
+             FROM outbox WHERE next_attempt_ms <= ? ORDER BY first_attempt_ms, rowid",
         )
         .bind(i64_of(now_ms))
         .fetch_all(&self.pool)
@@ -1013,6 +1141,18 @@ impl Profile {
                     slot: fixed("slot", &r.try_get::<Vec<u8>, _>(3)?)?,
                     first_attempt_ms: u64_of(r.try_get(4)?),
                     attempts: u32::try_from(r.try_get::<i64, _>(5)?).unwrap_or(u32::MAX),
+                    more: match r.try_get::<Option<Vec<u8>>, _>(6)? {
+                        None => Vec::new(),
+                        Some(bytes) if bytes.len().is_multiple_of(80) => bytes
+                            .chunks_exact(80)
+                            .map(|c| Ok((fixed("device key", &c[..32])?, fixed("slot", &c[32..])?)))
+                            .collect::<Result<_, ProfileError>>()?,
+                        Some(_) => return Err(ProfileError::Damaged("outbox recipients".into())),
+                    },
+                    group: r
+                        .try_get::<Option<Vec<u8>>, _>(7)?
+                        .map(|g| fixed("group id", &g))
+                        .transpose()?,
                 })
             })
             .collect()
@@ -1035,6 +1175,160 @@ impl Profile {
                 .await?
                 .try_get(0)?,
         ))
+    }
+
+    /// Every group this device knows, by name.
+    pub async fn groups(&self) -> Result<Vec<Group>, ProfileError> {
+        let rows = sqlx::query(
+            "SELECT id, name, version, members, admins, member, send_counter FROM groups ORDER BY name, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Group {
+                    id: fixed("group id", &r.try_get::<Vec<u8>, _>(0)?)?,
+                    name: r.try_get(1)?,
+                    version: u64_of(r.try_get(2)?),
+                    members: keys_of_blob("member", &r.try_get::<Vec<u8>, _>(3)?)?,
+                    admins: keys_of_blob("admin", &r.try_get::<Vec<u8>, _>(4)?)?,
+                    member: r.try_get::<i64, _>(5)? != 0,
+                    send_counter: u64_of(r.try_get(6)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Stages storing a group's state (new or replacing what was held).
+    pub fn stage_group(writes: &mut Writes, group: &Group) {
+        writes.push(
+            "INSERT INTO groups (id, name, version, members, admins, member, send_counter)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version,
+               members = excluded.members, admins = excluded.admins, member = excluded.member,
+               send_counter = excluded.send_counter",
+            [
+                Arg::Blob(group.id.to_vec()),
+                Arg::Text(group.name.clone()),
+                Arg::Int(i64_of(group.version)),
+                Arg::Blob(keys_blob(&group.members)),
+                Arg::Blob(keys_blob(&group.admins)),
+                Arg::Int(i64::from(group.member)),
+                Arg::Int(i64_of(group.send_counter)),
+            ],
+        );
+    }
+
+    /// This device's own sender-key record of a group (secret).
+    pub async fn own_sender_key(
+        &self,
+        group: &GroupId,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, ProfileError> {
+        let sealed: Option<Vec<u8>> = sqlx::query("SELECT sender_key FROM groups WHERE id = ?")
+            .bind(&group[..])
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get::<Option<Vec<u8>>, _>(0))
+            .transpose()?
+            .flatten();
+        sealed
+            .map(|s| {
+                self.vault
+                    .open(&format!("own-sender-key:{}", hex::encode(group)), &s)
+            })
+            .transpose()
+            .map_err(ProfileError::from)
+    }
+
+    /// Stages this device's own sender-key record of a group (after the
+    /// group's row is staged), or its removal.
+    pub fn stage_own_sender_key(
+        &self,
+        rng: &mut impl CryptoRng,
+        writes: &mut Writes,
+        group: &GroupId,
+        record: Option<&[u8]>,
+    ) {
+        let sealed = record.map(|r| {
+            self.vault
+                .seal(rng, &format!("own-sender-key:{}", hex::encode(group)), r)
+        });
+        writes.push(
+            "UPDATE groups SET sender_key = ? WHERE id = ?",
+            [
+                sealed.map_or(Arg::Null, Arg::Blob),
+                Arg::Blob(group.to_vec()),
+            ],
+        );
+    }
+
+    fn sender_key_purpose(group: &GroupId, sender: &IdentityKey) -> String {
+        format!(
+            "sender-key:{}:{}",
+            hex::encode(group),
+            hex::encode(sender.as_bytes())
+        )
+    }
+
+    /// The sender-key record another member's device sent for a group
+    /// (secret).
+    pub async fn sender_key(
+        &self,
+        group: &GroupId,
+        sender: &IdentityKey,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, ProfileError> {
+        let sealed: Option<Vec<u8>> =
+            sqlx::query("SELECT record FROM sender_keys WHERE grp = ? AND sender = ?")
+                .bind(&group[..])
+                .bind(&sender.as_bytes()[..])
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        sealed
+            .map(|s| {
+                self.vault
+                    .open(&Self::sender_key_purpose(group, sender), &s)
+            })
+            .transpose()
+            .map_err(ProfileError::from)
+    }
+
+    /// Stages another member's sender-key record of a group.
+    pub fn stage_sender_key(
+        &self,
+        rng: &mut impl CryptoRng,
+        writes: &mut Writes,
+        group: &GroupId,
+        sender: &IdentityKey,
+        record: &[u8],
+    ) {
+        let sealed = self
+            .vault
+            .seal(rng, &Self::sender_key_purpose(group, sender), record);
+        writes.push(
+            "INSERT INTO sender_keys (grp, sender, record) VALUES (?, ?, ?)
+             ON CONFLICT (grp, sender) DO UPDATE SET record = excluded.record",
+            [
+                Arg::Blob(group.to_vec()),
+                Arg::Blob(sender.as_bytes().to_vec()),
+                Arg::Blob(sealed),
+            ],
+        );
+    }
+
+    /// Stages forgetting other members' sender keys of a group: all of
+    /// them, or those of senders not in `keep`.
+    pub fn stage_forget_sender_keys(writes: &mut Writes, group: &GroupId, keep: &[IdentityKey]) {
+        let mut args = vec![Arg::Blob(group.to_vec())];
+        args.extend(keep.iter().map(|k| Arg::Blob(k.as_bytes().to_vec())));
+        writes.push(
+            &format!(
+                "DELETE FROM sender_keys WHERE grp = ? AND sender NOT IN ({})",
+                list(keep.len())
+            ),
+            args,
+        );
     }
 
     /// Stores the outcome of a round of attempts in one transaction:
@@ -1154,6 +1448,7 @@ impl Profile {
             query = match arg {
                 Arg::Int(n) => query.bind(n),
                 Arg::Blob(b) => query.bind(b),
+                Arg::Text(t) => query.bind(t),
                 Arg::Null => query.bind(None::<i64>),
             };
         }
@@ -1194,6 +1489,8 @@ pub enum Arg {
     Int(i64),
     /// Bytes.
     Blob(Vec<u8>),
+    /// Text.
+    Text(String),
     /// NULL.
     Null,
 }
@@ -1256,9 +1553,13 @@ fn rows(columns: usize, n: usize) -> String {
 /// Puts each sender's messages in counter order within the places its
 /// messages hold: arrival order across senders, counter order within one.
 pub fn order_by_sender_counter(messages: &mut [StoredMessage]) {
-    for outgoing in [true, false] {
+    let sender = |m: &StoredMessage| (m.outgoing, if m.outgoing { 0 } else { m.contact });
+    let mut senders: Vec<(bool, i64)> = messages.iter().map(sender).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    for who in senders {
         let slots: Vec<usize> = (0..messages.len())
-            .filter(|i| messages[*i].outgoing == outgoing)
+            .filter(|i| sender(&messages[*i]) == who)
             .collect();
         let mut theirs: Vec<StoredMessage> = slots.iter().map(|i| messages[*i].clone()).collect();
         theirs.sort_by_key(|m| m.counter);
@@ -1296,6 +1597,7 @@ mod tests {
             text: text.into(),
             status: Status::Sent,
             recalled: false,
+            group: None,
         }
     }
 
@@ -1363,6 +1665,30 @@ mod tests {
             .map(|m| m.text)
             .collect();
         assert_eq!(texts, ["one", "three"]);
+
+        // A profile of schema 1 (before groups) is brought up to date when
+        // it is opened, keeping what it holds.
+        for statement in [
+            "DROP INDEX messages_by_group",
+            "ALTER TABLE messages DROP COLUMN grp",
+            "ALTER TABLE outbox DROP COLUMN more_recipients",
+            "ALTER TABLE outbox DROP COLUMN grp",
+            "DROP TABLE groups",
+            "DROP TABLE sender_keys",
+            "PRAGMA user_version = 1",
+        ] {
+            sqlx::query(statement).execute(&profile.pool).await.unwrap();
+        }
+        profile.close().await;
+        let profile = Profile::open(&home, None).await.unwrap();
+        let version: i64 = sqlx::query("PRAGMA user_version")
+            .fetch_one(&profile.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(profile.groups().await.unwrap(), []);
+        assert_eq!(profile.history(contact.id, 10).await.unwrap().len(), 2);
 
         // Seen ids are forgotten once old enough, and only then.
         assert_eq!(profile.expire_seen(1).await.unwrap(), 0);

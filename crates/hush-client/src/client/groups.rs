@@ -1,0 +1,537 @@
+//! Groups (`spec/client.md`, "Groups"): state announced by admins over
+//! pairwise sessions, a sender key per member device, and one sealed
+//! body per group message for every member at once.
+
+use hush_crypto::{
+    ContentType, IdentityKey, SenderKeyDistribution, SenderKeyMessage, SenderKeyRecord,
+    seal_many_with,
+};
+use rand_core::Rng;
+use zeroize::Zeroizing;
+
+use super::{Client, ClientError, DEVICE, Event, Received};
+use crate::content::{Body, Content, GroupId, GroupState, MessageId, SenderKeyBytes};
+use crate::profile::{
+    Contact, Group, Outgoing, Profile, ProfileError, Status, StoredMessage, Writes, now_ms,
+};
+
+/// What a group control message changes once it is stored, worked out
+/// before the write (reads only).
+#[derive(Default)]
+pub(super) struct GroupWork {
+    /// The group's new state.
+    group: Option<Group>,
+    /// This device's own sender-key record: `Some(None)` drops it.
+    own_key: Option<Option<Zeroizing<Vec<u8>>>>,
+    /// Another member's sender-key record.
+    sender_key: Option<(GroupId, IdentityKey, Zeroizing<Vec<u8>>)>,
+    /// Forget other members' sender keys of a group, except these.
+    forget: Option<(GroupId, Vec<IdentityKey>)>,
+    /// Pairwise sends to make once stored.
+    then: Vec<(IdentityKey, Body)>,
+    /// What to tell the user.
+    event: Option<Event>,
+}
+
+impl GroupWork {
+    /// Adds the changes to `writes`.
+    pub(super) fn stage(&self, client: &mut Client, writes: &mut Writes) {
+        if let Some(group) = &self.group {
+            Profile::stage_group(writes, group);
+        }
+        if let (Some(own), Some(group)) = (&self.own_key, &self.group) {
+            client.profile.stage_own_sender_key(
+                &mut client.rng,
+                writes,
+                &group.id,
+                own.as_deref().map(|v| v.as_slice()),
+            );
+        }
+        if let Some((group, sender, record)) = &self.sender_key {
+            client
+                .profile
+                .stage_sender_key(&mut client.rng, writes, group, sender, record);
+        }
+        if let Some((group, keep)) = &self.forget {
+            Profile::stage_forget_sender_keys(writes, group, keep);
+        }
+    }
+
+    /// The event, once stored.
+    pub(super) fn event(&self) -> Option<Event> {
+        self.event.clone()
+    }
+}
+
+fn identities(keys: &[[u8; 32]]) -> Option<Vec<IdentityKey>> {
+    keys.iter()
+        .map(|k| IdentityKey::from_bytes(k).ok())
+        .collect()
+}
+
+impl Client {
+    /// Every group this device knows.
+    pub async fn groups(&self) -> Result<Vec<Group>, ClientError> {
+        Ok(self.profile.groups().await?)
+    }
+
+    /// The group this device is a member of with this name.
+    async fn group(&self, name: &str) -> Result<Group, ClientError> {
+        let mut found: Vec<Group> = self
+            .profile
+            .groups()
+            .await?
+            .into_iter()
+            .filter(|g| g.name == name && g.member)
+            .collect();
+        match found.len() {
+            0 => Err(ClientError::UnknownGroup(name.to_string())),
+            1 => Ok(found.remove(0)),
+            _ => Err(ClientError::AmbiguousGroup(name.to_string())),
+        }
+    }
+
+    /// The contact with this identity, made (named from its address) if
+    /// there is none.
+    async fn contact_for(&mut self, identity: &IdentityKey) -> Result<Contact, ClientError> {
+        if let Some(c) = self.contact_by_identity(identity).await? {
+            return Ok(c);
+        }
+        let address = hush_crypto::Address::from(identity).to_string();
+        let name = format!("unknown-{}", &address[4..14.min(address.len())]);
+        let mut tx = self.profile.begin().await?;
+        let added = Profile::put_contact(&mut tx, &name, identity).await;
+        self.forget_contacts();
+        let contact = added?.0;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(contact)
+    }
+
+    /// Creates a group of this device and the named contacts, with this
+    /// device as its admin, and tells every member (the state, then this
+    /// device's sender key), pairwise.
+    pub async fn create_group(
+        &mut self,
+        name: &str,
+        member_names: &[String],
+    ) -> Result<Group, ClientError> {
+        if name.is_empty() || name.len() > crate::content::MAX_GROUP_NAME {
+            return Err(ClientError::BadGroupName);
+        }
+        let mut members = vec![self.identity.public().clone()];
+        for m in member_names {
+            let contact = self.contact(m).await?;
+            if contact.changed {
+                return Err(ClientError::IdentityChanged(contact.name));
+            }
+            if !members.contains(&contact.identity) {
+                members.push(contact.identity);
+            }
+        }
+        if members.len() > crate::content::MAX_GROUP_MEMBERS {
+            return Err(ClientError::TooManyMembers);
+        }
+        let mut id: GroupId = [0; 16];
+        self.rng.fill_bytes(&mut id);
+        let group = Group {
+            id,
+            name: name.to_string(),
+            version: 1,
+            members,
+            admins: vec![self.identity.public().clone()],
+            member: true,
+            send_counter: 0,
+        };
+        let record = SenderKeyRecord::generate(&mut self.rng, id);
+        let mut writes = Writes::default();
+        Profile::stage_group(&mut writes, &group);
+        self.profile.stage_own_sender_key(
+            &mut self.rng,
+            &mut writes,
+            &id,
+            Some(&record.to_bytes()),
+        );
+        self.profile.write(writes).await?;
+        let update = Body::GroupUpdate(state_of(&group));
+        let key = distribution_body(&record)?;
+        for member in group.members.iter().skip(1) {
+            let contact = self.contact_for(member).await?;
+            self.queue_many(&contact, vec![update.clone(), key.clone()])
+                .await?;
+        }
+        let _ = self.flush().await;
+        Ok(group)
+    }
+
+    /// Encrypts a text once with this device's sender key of the group
+    /// and sends it, one body, to every other member in one request.
+    pub async fn send_group_text(
+        &mut self,
+        group: &str,
+        text: &str,
+    ) -> Result<MessageId, ClientError> {
+        if text.is_empty() || text.len() > crate::content::MAX_TEXT {
+            return Err(ClientError::BadText);
+        }
+        let mut group = self.group(group).await?;
+        let others: Vec<IdentityKey> = group
+            .members
+            .iter()
+            .filter(|m| *m != self.identity.public())
+            .cloned()
+            .collect();
+        if others.is_empty() {
+            return Err(ClientError::EmptyGroup(group.name));
+        }
+        let own = self
+            .profile
+            .own_sender_key(&group.id)
+            .await?
+            .ok_or_else(|| ClientError::Crypto("no sender key for this group".into()))?;
+        let mut record =
+            SenderKeyRecord::from_bytes(&own).map_err(|e| ProfileError::Damaged(e.to_string()))?;
+        let mut id: MessageId = [0; 16];
+        self.rng.fill_bytes(&mut id);
+        let now = now_ms();
+        group.send_counter += 1;
+        let content = Content {
+            id,
+            sent_at_ms: now,
+            counter: group.send_counter,
+            body: Body::Text(text.to_string()),
+        };
+        let plaintext = Zeroizing::new(content.to_bytes());
+        let message = record
+            .encrypt(&plaintext)
+            .map_err(|e| ClientError::Crypto(e.to_string()))?;
+        let (body, slots) = seal_many_with(
+            &mut self.rng,
+            &mut self.agreements,
+            &self.identity,
+            DEVICE,
+            &others,
+            ContentType::SenderKey,
+            &message.to_bytes(),
+        )
+        .map_err(|e| ClientError::Crypto(e.to_string()))?;
+        let mut recipients = others.iter().map(|o| *o.as_bytes()).zip(slots);
+        let Some((device_key, slot)) = recipients.next() else {
+            return Err(ClientError::EmptyGroup(group.name));
+        };
+        let out = Outgoing {
+            message_id: id,
+            device_key,
+            body: body.to_bytes(),
+            slot,
+            more: recipients.collect(),
+            group: Some(group.id),
+            first_attempt_ms: now,
+            attempts: 0,
+        };
+        let stored = StoredMessage {
+            id,
+            contact: 0,
+            outgoing: true,
+            counter: group.send_counter,
+            sent_at_ms: now,
+            text: text.to_string(),
+            status: Status::Sending,
+            recalled: false,
+            group: Some(group.id),
+        };
+        let mut writes = Writes::default();
+        self.profile
+            .stage_messages(&mut self.rng, &mut writes, &[(&stored, None)]);
+        Profile::stage_outgoing(&mut writes, &[(0, out.clone())]);
+        Profile::stage_group(&mut writes, &group);
+        // Synced before it leaves, like a pairwise send: the chain moved.
+        self.profile.stage_own_sender_key(
+            &mut self.rng,
+            &mut writes,
+            &group.id,
+            Some(&record.to_bytes()),
+        );
+        self.profile.write(writes).await?;
+        self.fresh.push(out);
+        let _ = self.flush().await;
+        Ok(id)
+    }
+
+    /// A group's last `limit` messages, in order.
+    pub async fn group_history(
+        &mut self,
+        group: &str,
+        limit: u32,
+    ) -> Result<(Group, Vec<StoredMessage>), ClientError> {
+        let group = self.group(group).await?;
+        let messages = self.profile.group_history(&group.id, limit).await?;
+        Ok((group, messages))
+    }
+
+    /// Works out what a pairwise group control message from `sender`
+    /// changes (reading only); anything not allowed changes nothing.
+    pub(super) async fn group_work(
+        &mut self,
+        sender: &IdentityKey,
+        sender_name: &str,
+        body: &Body,
+    ) -> Result<GroupWork, ClientError> {
+        let mut work = GroupWork::default();
+        match body {
+            Body::GroupUpdate(state) => {
+                let (Some(members), Some(admins)) =
+                    (identities(&state.members), identities(&state.admins))
+                else {
+                    tracing::warn!("dropped a group update naming an invalid key");
+                    return Ok(work);
+                };
+                let groups = self.profile.groups().await?;
+                let current = groups.iter().find(|g| g.id == state.id);
+                let allowed = match current {
+                    Some(g) => g.admins.contains(sender) && state.version > g.version,
+                    None => admins.contains(sender) && members.contains(self.identity.public()),
+                };
+                if !allowed {
+                    tracing::warn!("dropped a group update not from an admin, or not newer");
+                    return Ok(work);
+                }
+                let me = self.identity.public().clone();
+                let member = members.contains(&me);
+                let group = Group {
+                    id: state.id,
+                    name: state.name.clone(),
+                    version: state.version,
+                    members: members.clone(),
+                    admins,
+                    member,
+                    send_counter: current.map_or(0, |g| g.send_counter),
+                };
+                work.event = Some(Event::Group {
+                    group: group.name.clone(),
+                    by: sender_name.to_string(),
+                    member,
+                });
+                if !member {
+                    // Removed: nothing of the group is readable any more.
+                    work.own_key = Some(None);
+                    work.forget = Some((state.id, Vec::new()));
+                    work.group = Some(group);
+                    return Ok(work);
+                }
+                let before: Vec<IdentityKey> =
+                    current.map(|g| g.members.clone()).unwrap_or_default();
+                let removed = before.iter().any(|m| !members.contains(m));
+                let own = self.profile.own_sender_key(&state.id).await?;
+                let (record, tell): (SenderKeyRecord, Vec<IdentityKey>) = match own {
+                    None => (
+                        SenderKeyRecord::generate(&mut self.rng, state.id),
+                        members.iter().filter(|m| **m != me).cloned().collect(),
+                    ),
+                    Some(bytes) => {
+                        let mut record = SenderKeyRecord::from_bytes(&bytes)
+                            .map_err(|e| ProfileError::Damaged(e.to_string()))?;
+                        if removed {
+                            // Whoever left must not read what comes next.
+                            record.rotate(&mut self.rng);
+                            (
+                                record,
+                                members.iter().filter(|m| **m != me).cloned().collect(),
+                            )
+                        } else {
+                            let new = members
+                                .iter()
+                                .filter(|m| **m != me && !before.contains(m))
+                                .cloned()
+                                .collect();
+                            (record, new)
+                        }
+                    }
+                };
+                let key = distribution_body(&record)?;
+                work.then = tell.into_iter().map(|m| (m, key.clone())).collect();
+                work.own_key = Some(Some(record.to_bytes()));
+                if removed {
+                    work.forget = Some((state.id, members));
+                }
+                work.group = Some(group);
+            }
+            Body::SenderKey(bytes) => {
+                let Ok(distribution) = SenderKeyDistribution::try_from(bytes.0.as_slice()) else {
+                    tracing::warn!("dropped a sender key that does not parse");
+                    return Ok(work);
+                };
+                let group = distribution.group_id;
+                let mut record = match self.profile.sender_key(&group, sender).await? {
+                    Some(bytes) => SenderKeyRecord::from_bytes(&bytes)
+                        .map_err(|e| ProfileError::Damaged(e.to_string()))?,
+                    None => SenderKeyRecord::new(group),
+                };
+                if record.process(&distribution).is_err() {
+                    tracing::warn!("dropped a sender key for another group");
+                    return Ok(work);
+                }
+                work.sender_key = Some((group, sender.clone(), record.to_bytes()));
+            }
+            Body::SenderKeyRequest(group) => {
+                let known = self.profile.groups().await?;
+                let Some(g) = known.iter().find(|g| g.id == *group) else {
+                    return Ok(work);
+                };
+                if !g.member || !g.members.contains(sender) {
+                    return Ok(work);
+                }
+                if let Some(bytes) = self.profile.own_sender_key(group).await? {
+                    let record = SenderKeyRecord::from_bytes(&bytes)
+                        .map_err(|e| ProfileError::Damaged(e.to_string()))?;
+                    work.then
+                        .push((sender.clone(), distribution_body(&record)?));
+                }
+            }
+            _ => {}
+        }
+        Ok(work)
+    }
+
+    /// Makes the pairwise sends a stored group change calls for.
+    pub(super) async fn group_follow_up(&mut self, work: GroupWork) -> Result<(), ClientError> {
+        for (identity, body) in work.then {
+            let contact = self.contact_for(&identity).await?;
+            if contact.changed {
+                continue;
+            }
+            self.queue_many(&contact, vec![body]).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens, checks, decrypts and stores a group message (a sender-key
+    /// message in a sealed envelope) from `sender`. One that cannot be
+    /// read (not a member, no sender key, forged) is logged and dropped.
+    pub(super) async fn receive_group(
+        &mut self,
+        sender: &IdentityKey,
+        bytes: &[u8],
+        seq: u64,
+    ) -> Result<Vec<Event>, ClientError> {
+        let Ok(message) = SenderKeyMessage::try_from(bytes) else {
+            tracing::warn!(seq, "dropped a group message that does not parse");
+            return Ok(Vec::new());
+        };
+        let groups = self.profile.groups().await?;
+        let Some(group) = groups.into_iter().find(|g| g.id == message.group_id) else {
+            tracing::warn!(
+                seq,
+                "dropped a message of a group this device does not know"
+            );
+            return Ok(Vec::new());
+        };
+        if !group.member || !group.members.contains(sender) {
+            tracing::warn!(seq, "dropped a group message from outside the group");
+            return Ok(Vec::new());
+        }
+        let Some(stored) = self.profile.sender_key(&group.id, sender).await? else {
+            tracing::warn!(
+                seq,
+                "dropped a group message whose sender key never arrived"
+            );
+            return Ok(Vec::new());
+        };
+        let mut record = SenderKeyRecord::from_bytes(&stored)
+            .map_err(|e| ProfileError::Damaged(e.to_string()))?;
+        let plaintext = match record.decrypt(&message) {
+            Ok(p) => Zeroizing::new(p),
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "dropped a group message that does not decrypt");
+                return Ok(Vec::new());
+            }
+        };
+        let record_bytes = record.to_bytes();
+        let Ok(Content {
+            body: Body::Text(text),
+            id,
+            sent_at_ms,
+            counter,
+        }) = Content::try_from(plaintext.as_slice())
+        else {
+            tracing::warn!(seq, "dropped a group message that is not a text");
+            // Its key is used up all the same.
+            let mut writes = Writes::default();
+            self.profile.stage_sender_key(
+                &mut self.rng,
+                &mut writes,
+                &group.id,
+                sender,
+                &record_bytes,
+            );
+            self.profile.write_unsynced(writes).await?;
+            return Ok(Vec::new());
+        };
+        let contact = self.contact_for(sender).await?;
+        let mut writes = Writes::default();
+        self.profile
+            .stage_sender_key(&mut self.rng, &mut writes, &group.id, sender, &record_bytes);
+        Profile::stage_seen(&mut writes, &id);
+        let stored = StoredMessage {
+            id,
+            contact: contact.id,
+            outgoing: false,
+            counter,
+            sent_at_ms,
+            text: text.clone(),
+            status: Status::Sent,
+            recalled: false,
+            group: Some(group.id),
+        };
+        self.profile
+            .stage_messages(&mut self.rng, &mut writes, &[(&stored, Some(seq))]);
+        match self.profile.write_unsynced(writes).await {
+            Ok(_) => {}
+            Err(ProfileError::Duplicate) => {
+                let mut writes = Writes::default();
+                self.profile.stage_sender_key(
+                    &mut self.rng,
+                    &mut writes,
+                    &group.id,
+                    sender,
+                    &record_bytes,
+                );
+                self.profile.write_unsynced(writes).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.receipts
+            .entry(contact.name.clone())
+            .or_default()
+            .push(id);
+        Ok(vec![Event::Message(Received {
+            from: contact.name.clone(),
+            address: contact.address().to_string(),
+            id,
+            text,
+            sent_at_ms,
+            counter,
+            seq,
+            group: Some(group.name),
+        })])
+    }
+}
+
+/// The group state as announced.
+fn state_of(group: &Group) -> GroupState {
+    GroupState {
+        id: group.id,
+        version: group.version,
+        name: group.name.clone(),
+        members: group.members.iter().map(|m| *m.as_bytes()).collect(),
+        admins: group.admins.iter().map(|a| *a.as_bytes()).collect(),
+    }
+}
+
+/// A `SenderKey` body with the record's current distribution.
+fn distribution_body(record: &SenderKeyRecord) -> Result<Body, ClientError> {
+    let distribution = record
+        .distribution()
+        .ok_or_else(|| ClientError::Crypto("no chain of our own in the sender key".into()))?;
+    Ok(Body::SenderKey(SenderKeyBytes(distribution.to_bytes())))
+}

@@ -1,0 +1,113 @@
+//! Groups with the `hush` command against the real relay: a group is
+//! made, every member reads every other member's messages, once, with
+//! the group named.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+mod common;
+
+use common::{Relay, hush, hush_ok, init, temp_dir};
+
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+/// The `(from, group, text)` of the messages among `sync --json` lines.
+fn messages(out: &str) -> Vec<(String, String, String)> {
+    json_lines(out)
+        .into_iter()
+        .filter(|v| v.get("text").is_some())
+        .map(|v| {
+            (
+                v["from"].as_str().unwrap_or_default().to_string(),
+                v["group"].as_str().unwrap_or("-").to_string(),
+                v["text"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn m(from: &str, group: &str, text: &str) -> (String, String, String) {
+    (from.into(), group.into(), text.into())
+}
+
+#[test]
+fn three_members_read_each_others_group_messages_once() {
+    let relay = Relay::start("groups");
+    let names = ["alice", "bob", "carol"];
+    let homes: Vec<_> = names.iter().map(|n| temp_dir(n)).collect();
+    let addresses: Vec<String> = homes.iter().map(|h| init(h, &relay)).collect();
+    for (i, home) in homes.iter().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            if i != j {
+                hush_ok(home, &["contact", "add", name, &addresses[j]]);
+            }
+        }
+    }
+    let (alice, bob, carol) = (&homes[0], &homes[1], &homes[2]);
+
+    hush_ok(alice, &["group", "create", "friends", "bob", "carol"]);
+    // Bob and Carol learn of the group (and answer with their own keys).
+    for (home, name) in [(bob, "bob"), (carol, "carol")] {
+        let out = hush_ok(home, &["sync", "--json"]);
+        let events = json_lines(&out);
+        assert!(
+            events.iter().any(|e| e["group_event"] == "friends"
+                && e["by"] == "alice"
+                && e["member"] == true),
+            "{name}: {out}"
+        );
+        let list = hush_ok(home, &["group", "list"]);
+        assert!(list.starts_with("friends  alice"), "{name}: {list}");
+        assert!(list.contains(" me"), "{name}: {list}");
+    }
+
+    hush_ok(alice, &["send", "--group", "friends", "hello friends"]);
+    assert_eq!(
+        messages(&hush_ok(bob, &["sync", "--json"])),
+        [m("alice", "friends", "hello friends")]
+    );
+    assert_eq!(
+        messages(&hush_ok(carol, &["sync", "--json"])),
+        [m("alice", "friends", "hello friends")]
+    );
+
+    hush_ok(bob, &["send", "--group", "friends", "hi from bob"]);
+    hush_ok(carol, &["send", "--group", "friends", "and carol"]);
+    hush_ok(bob, &["send", "carol", "just to carol"]);
+    assert_eq!(
+        messages(&hush_ok(alice, &["sync", "--json"])),
+        [
+            m("bob", "friends", "hi from bob"),
+            m("carol", "friends", "and carol")
+        ]
+    );
+    assert_eq!(
+        messages(&hush_ok(carol, &["sync", "--json"])),
+        [
+            m("bob", "friends", "hi from bob"),
+            m("bob", "-", "just to carol")
+        ]
+    );
+    assert_eq!(
+        messages(&hush_ok(bob, &["sync", "--json"])),
+        [m("carol", "friends", "and carol")]
+    );
+    // Nothing twice.
+    for home in &homes {
+        assert_eq!(messages(&hush_ok(home, &["sync", "--json"])), []);
+    }
+    // Plain output names the group.
+    hush_ok(alice, &["send", "--group", "friends", "bye"]);
+    assert_eq!(hush_ok(bob, &["sync"]), "[friends] alice: bye\n");
+
+    // Mistakes get one line.
+    let out = hush(alice, &["send", "--group", "nosuch", "x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no group named \"nosuch\""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = hush(alice, &["group", "create", "g2", "nobody"]);
+    assert!(!out.status.success());
+}
