@@ -98,6 +98,12 @@ pub enum ClientError {
     /// More members than a group holds.
     #[error("a group has at most {} members", crate::content::MAX_GROUP_MEMBERS)]
     TooManyMembers,
+    /// Only a group's admins may change it.
+    #[error("only an admin of {0:?} can change it")]
+    NotAdmin(String),
+    /// The contact is not in the group.
+    #[error("{0} is not a member of {1:?} that can be removed")]
+    NotAMember(String, String),
     /// Nobody else is in the group.
     #[error("nobody else is in group {0:?}")]
     EmptyGroup(String),

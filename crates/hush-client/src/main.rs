@@ -38,6 +38,10 @@ const USAGE: &str = "usage: hush [--home DIR] COMMAND
   send --group GROUP TEXT send to every member of a group
   group create GROUP MEMBER...
                           make a group of you and these contacts (you are its admin)
+  group add GROUP MEMBER...   (admins) add contacts; they read only what comes after
+  group remove GROUP MEMBER   (admins) remove a member; it reads nothing after
+  group rename GROUP NEW_NAME (admins)
+  group leave GROUP
   group list              the groups you are in, with their members
   sync [--json]           fetch and print everything waiting, then exit
   listen [--json]         stay connected and print messages as they arrive
@@ -311,7 +315,30 @@ async fn run(raw: Vec<String>) -> Result<()> {
                     println!("{}  {}", g.name, names.join(" "));
                 }
             }
-            _ => bail!("usage: hush group create GROUP MEMBER... | hush group list"),
+            Some("add") if args.positional.len() >= 4 => {
+                let mut client = open(&args, options).await?;
+                client
+                    .group_add(&args.positional[2], &args.positional[3..])
+                    .await?;
+            }
+            Some("remove") => {
+                let w = args.words(4, "group remove GROUP MEMBER")?;
+                let mut client = open(&args, options).await?;
+                client.group_remove(&w[2], &w[3]).await?;
+            }
+            Some("rename") => {
+                let w = args.words(4, "group rename GROUP NEW_NAME")?;
+                let mut client = open(&args, options).await?;
+                client.group_rename(&w[2], &w[3]).await?;
+            }
+            Some("leave") => {
+                let w = args.words(3, "group leave GROUP")?;
+                let mut client = open(&args, options).await?;
+                client.group_leave(&w[2]).await?;
+            }
+            _ => bail!(
+                "usage: hush group create GROUP MEMBER... | group add GROUP MEMBER... | group remove GROUP MEMBER | group rename GROUP NEW_NAME | group leave GROUP | group list"
+            ),
         },
         "sync" => {
             args.words(1, "sync [--json]")?;

@@ -111,3 +111,107 @@ fn three_members_read_each_others_group_messages_once() {
     let out = hush(alice, &["group", "create", "g2", "nobody"]);
     assert!(!out.status.success());
 }
+
+/// Profiles that all have each other as contacts, by these names.
+fn everyone(relay: &Relay, names: &[&str]) -> Vec<std::path::PathBuf> {
+    let homes: Vec<_> = names.iter().map(|n| temp_dir(n)).collect();
+    let addresses: Vec<String> = homes.iter().map(|h| init(h, relay)).collect();
+    for (i, home) in homes.iter().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            if i != j {
+                hush_ok(home, &["contact", "add", name, &addresses[j]]);
+            }
+        }
+    }
+    homes
+}
+
+fn sync(home: &std::path::Path) -> Vec<(String, String, String)> {
+    messages(&hush_ok(home, &["sync", "--json"]))
+}
+
+#[test]
+fn members_come_and_go_and_read_only_what_is_theirs() {
+    let relay = Relay::start("membership");
+    let homes = everyone(&relay, &["alice", "bob", "carol", "dave"]);
+    let (alice, bob, carol, dave) = (&homes[0], &homes[1], &homes[2], &homes[3]);
+
+    hush_ok(alice, &["group", "create", "team", "bob", "carol"]);
+    sync(bob);
+    sync(carol);
+    hush_ok(alice, &["send", "--group", "team", "before dave"]);
+    assert_eq!(sync(bob), [m("alice", "team", "before dave")]);
+    assert_eq!(sync(carol), [m("alice", "team", "before dave")]);
+
+    // A late joiner reads what comes after, nothing before.
+    hush_ok(alice, &["group", "add", "team", "dave"]);
+    sync(dave);
+    sync(bob);
+    sync(carol);
+    hush_ok(alice, &["send", "--group", "team", "welcome dave"]);
+    hush_ok(bob, &["send", "--group", "team", "hi dave"]);
+    assert_eq!(
+        sync(dave),
+        [
+            m("alice", "team", "welcome dave"),
+            m("bob", "team", "hi dave")
+        ]
+    );
+    assert_eq!(
+        sync(carol),
+        [
+            m("alice", "team", "welcome dave"),
+            m("bob", "team", "hi dave")
+        ]
+    );
+
+    // Only admins change the group.
+    let out = hush(bob, &["group", "remove", "team", "alice"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only an admin"));
+
+    // A removed member, still online and reading its queue, reads
+    // nothing sent after.
+    hush_ok(alice, &["group", "remove", "team", "carol"]);
+    let out = hush_ok(carol, &["sync", "--json"]);
+    assert!(
+        json_lines(&out)
+            .iter()
+            .any(|e| e["group_event"] == "team" && e["member"] == false),
+        "{out}"
+    );
+    sync(bob);
+    sync(dave);
+    sync(alice);
+    hush_ok(bob, &["send", "--group", "team", "without carol"]);
+    hush_ok(alice, &["send", "--group", "team", "still without carol"]);
+    assert_eq!(sync(carol), []);
+    assert_eq!(
+        sync(dave),
+        [
+            m("bob", "team", "without carol"),
+            m("alice", "team", "still without carol")
+        ]
+    );
+    assert_eq!(sync(alice), [m("bob", "team", "without carol")]);
+    assert!(
+        !hush(carol, &["send", "--group", "team", "let me in"])
+            .status
+            .success()
+    );
+
+    // Renamed, then a member leaves.
+    hush_ok(alice, &["group", "rename", "team", "crew"]);
+    sync(bob);
+    sync(dave);
+    hush_ok(bob, &["send", "--group", "crew", "new name"]);
+    assert_eq!(sync(dave), [m("bob", "crew", "new name")]);
+    hush_ok(dave, &["group", "leave", "crew"]);
+    assert_eq!(sync(alice), [m("bob", "crew", "new name")]);
+    sync(bob);
+    hush_ok(bob, &["send", "--group", "crew", "after dave"]);
+    assert_eq!(sync(alice), [m("bob", "crew", "after dave")]);
+    assert_eq!(sync(dave), []);
+    assert_eq!(hush_ok(dave, &["group", "list"]), "");
+    assert_eq!(hush_ok(carol, &["sync"]), "");
+}

@@ -288,72 +288,34 @@ impl Client {
                 let groups = self.profile.groups().await?;
                 let current = groups.iter().find(|g| g.id == state.id);
                 let allowed = match current {
-                    Some(g) => g.admins.contains(sender) && state.version > g.version,
+                    Some(g) => {
+                        state.version > g.version
+                            && (g.admins.contains(sender)
+                                || is_leave(g, sender, &members, &admins, &state.name))
+                    }
                     None => admins.contains(sender) && members.contains(self.identity.public()),
                 };
                 if !allowed {
                     tracing::warn!("dropped a group update not from an admin, or not newer");
                     return Ok(work);
                 }
-                let me = self.identity.public().clone();
-                let member = members.contains(&me);
                 let group = Group {
                     id: state.id,
                     name: state.name.clone(),
                     version: state.version,
-                    members: members.clone(),
+                    member: members.contains(self.identity.public()),
+                    members,
                     admins,
-                    member,
                     send_counter: current.map_or(0, |g| g.send_counter),
                 };
-                work.event = Some(Event::Group {
-                    group: group.name.clone(),
-                    by: sender_name.to_string(),
-                    member,
-                });
-                if !member {
-                    // Removed: nothing of the group is readable any more.
-                    work.own_key = Some(None);
-                    work.forget = Some((state.id, Vec::new()));
-                    work.group = Some(group);
-                    return Ok(work);
+                work = self.membership_work(current, group).await?;
+                if let Some(group) = &work.group {
+                    work.event = Some(Event::Group {
+                        group: group.name.clone(),
+                        by: sender_name.to_string(),
+                        member: group.member,
+                    });
                 }
-                let before: Vec<IdentityKey> =
-                    current.map(|g| g.members.clone()).unwrap_or_default();
-                let removed = before.iter().any(|m| !members.contains(m));
-                let own = self.profile.own_sender_key(&state.id).await?;
-                let (record, tell): (SenderKeyRecord, Vec<IdentityKey>) = match own {
-                    None => (
-                        SenderKeyRecord::generate(&mut self.rng, state.id),
-                        members.iter().filter(|m| **m != me).cloned().collect(),
-                    ),
-                    Some(bytes) => {
-                        let mut record = SenderKeyRecord::from_bytes(&bytes)
-                            .map_err(|e| ProfileError::Damaged(e.to_string()))?;
-                        if removed {
-                            // Whoever left must not read what comes next.
-                            record.rotate(&mut self.rng);
-                            (
-                                record,
-                                members.iter().filter(|m| **m != me).cloned().collect(),
-                            )
-                        } else {
-                            let new = members
-                                .iter()
-                                .filter(|m| **m != me && !before.contains(m))
-                                .cloned()
-                                .collect();
-                            (record, new)
-                        }
-                    }
-                };
-                let key = distribution_body(&record)?;
-                work.then = tell.into_iter().map(|m| (m, key.clone())).collect();
-                work.own_key = Some(Some(record.to_bytes()));
-                if removed {
-                    work.forget = Some((state.id, members));
-                }
-                work.group = Some(group);
             }
             Body::SenderKey(bytes) => {
                 let Ok(distribution) = SenderKeyDistribution::try_from(bytes.0.as_slice()) else {
@@ -390,6 +352,176 @@ impl Client {
             _ => {}
         }
         Ok(work)
+    }
+
+    /// What moving a group from `current` to `group` means for this
+    /// device's keys: a first chain when it joins (told to every other
+    /// member), a fresh one when anyone left (told to every remaining
+    /// member, and the keys of those who left forgotten), its current one
+    /// told to new members otherwise; everything dropped when it is no
+    /// longer a member.
+    async fn membership_work(
+        &mut self,
+        current: Option<&Group>,
+        group: Group,
+    ) -> Result<GroupWork, ClientError> {
+        let mut work = GroupWork::default();
+        if !group.member {
+            // Removed: nothing of the group is readable any more.
+            work.own_key = Some(None);
+            work.forget = Some((group.id, Vec::new()));
+            work.group = Some(group);
+            return Ok(work);
+        }
+        let me = self.identity.public().clone();
+        let before: Vec<IdentityKey> = current.map(|g| g.members.clone()).unwrap_or_default();
+        let removed = before.iter().any(|m| !group.members.contains(m));
+        let others = || group.members.iter().filter(|m| **m != me).cloned();
+        let (record, tell): (SenderKeyRecord, Vec<IdentityKey>) =
+            match self.profile.own_sender_key(&group.id).await? {
+                None => (
+                    SenderKeyRecord::generate(&mut self.rng, group.id),
+                    others().collect(),
+                ),
+                Some(bytes) => {
+                    let mut record = SenderKeyRecord::from_bytes(&bytes)
+                        .map_err(|e| ProfileError::Damaged(e.to_string()))?;
+                    if removed {
+                        // Whoever left must not read what comes next.
+                        record.rotate(&mut self.rng);
+                        (record, others().collect())
+                    } else {
+                        (record, others().filter(|m| !before.contains(m)).collect())
+                    }
+                }
+            };
+        let key = distribution_body(&record)?;
+        work.then = tell.into_iter().map(|m| (m, key.clone())).collect();
+        work.own_key = Some(Some(record.to_bytes()));
+        if removed {
+            work.forget = Some((group.id, group.members.clone()));
+        }
+        work.group = Some(group);
+        Ok(work)
+    }
+
+    /// Stores a change this device makes to a group and announces it:
+    /// the new state to every member before and after (pairwise), then
+    /// this device's key to whoever must get it.
+    async fn change_group(&mut self, current: Group, group: Group) -> Result<Group, ClientError> {
+        let me = self.identity.public().clone();
+        let mut told: Vec<IdentityKey> = group
+            .members
+            .iter()
+            .chain(current.members.iter())
+            .filter(|m| **m != me)
+            .cloned()
+            .collect();
+        told.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        told.dedup();
+        let work = self.membership_work(Some(&current), group.clone()).await?;
+        let mut writes = Writes::default();
+        work.stage(self, &mut writes);
+        self.profile.write(writes).await?;
+        let update = Body::GroupUpdate(state_of(&group));
+        for member in &told {
+            let contact = self.contact_for(member).await?;
+            let mut bodies = vec![update.clone()];
+            bodies.extend(
+                work.then
+                    .iter()
+                    .filter(|(to, _)| to == member)
+                    .map(|(_, body)| body.clone()),
+            );
+            self.queue_many(&contact, bodies).await?;
+        }
+        let _ = self.flush().await;
+        Ok(group)
+    }
+
+    /// The group, checked that this device is one of its admins.
+    async fn admin_of(&self, name: &str) -> Result<Group, ClientError> {
+        let group = self.group(name).await?;
+        if !group.admins.contains(self.identity.public()) {
+            return Err(ClientError::NotAdmin(group.name));
+        }
+        Ok(group)
+    }
+
+    /// Adds contacts to a group (admins only). They get the group's
+    /// state and the members' current keys, so they read what is sent
+    /// from now on and nothing from before.
+    pub async fn group_add(
+        &mut self,
+        name: &str,
+        member_names: &[String],
+    ) -> Result<Group, ClientError> {
+        let current = self.admin_of(name).await?;
+        let mut group = current.clone();
+        for m in member_names {
+            let contact = self.contact(m).await?;
+            if contact.changed {
+                return Err(ClientError::IdentityChanged(contact.name));
+            }
+            if !group.members.contains(&contact.identity) {
+                group.members.push(contact.identity);
+            }
+        }
+        if group.members.len() > crate::content::MAX_GROUP_MEMBERS {
+            return Err(ClientError::TooManyMembers);
+        }
+        group.version += 1;
+        self.change_group(current, group).await
+    }
+
+    /// Removes a member from a group (admins only). Every remaining
+    /// member starts a fresh sender key, so the removed one reads nothing
+    /// sent after.
+    pub async fn group_remove(&mut self, name: &str, member: &str) -> Result<Group, ClientError> {
+        let current = self.admin_of(name).await?;
+        let contact = self.contact(member).await?;
+        if !current.members.contains(&contact.identity) {
+            return Err(ClientError::NotAMember(contact.name, current.name));
+        }
+        if contact.identity == *self.identity.public() {
+            return Err(ClientError::NotAMember(contact.name, current.name));
+        }
+        let mut group = current.clone();
+        group.members.retain(|m| *m != contact.identity);
+        group.admins.retain(|a| *a != contact.identity);
+        group.version += 1;
+        self.change_group(current, group).await
+    }
+
+    /// Renames a group (admins only).
+    pub async fn group_rename(&mut self, name: &str, new_name: &str) -> Result<Group, ClientError> {
+        if new_name.is_empty() || new_name.len() > crate::content::MAX_GROUP_NAME {
+            return Err(ClientError::BadGroupName);
+        }
+        let current = self.admin_of(name).await?;
+        let mut group = current.clone();
+        group.name = new_name.to_string();
+        group.version += 1;
+        self.change_group(current, group).await
+    }
+
+    /// Leaves a group: the others drop this device and start fresh keys.
+    /// The last admin to leave hands the role to the first remaining
+    /// member.
+    pub async fn group_leave(&mut self, name: &str) -> Result<Group, ClientError> {
+        let current = self.group(name).await?;
+        let me = self.identity.public().clone();
+        let mut group = current.clone();
+        group.members.retain(|m| *m != me);
+        group.admins.retain(|a| *a != me);
+        if group.admins.is_empty()
+            && let Some(first) = group.members.first()
+        {
+            group.admins.push(first.clone());
+        }
+        group.member = false;
+        group.version += 1;
+        self.change_group(current, group).await
     }
 
     /// Makes the pairwise sends a stored group change calls for.
@@ -515,6 +647,27 @@ impl Client {
             group: Some(group.name),
         })])
     }
+}
+
+/// Whether `members`/`admins`/`name` is `group` with only `sender`, a
+/// member but not an admin, gone: a member leaving, which needs no
+/// admin.
+fn is_leave(
+    group: &Group,
+    sender: &IdentityKey,
+    members: &[IdentityKey],
+    admins: &[IdentityKey],
+    name: &str,
+) -> bool {
+    let mut expected: Vec<&IdentityKey> = group.members.iter().filter(|m| *m != sender).collect();
+    let mut got: Vec<&IdentityKey> = members.iter().collect();
+    expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    got.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    group.members.contains(sender)
+        && !group.admins.contains(sender)
+        && expected == got
+        && admins == group.admins.as_slice()
+        && name == group.name
 }
 
 /// The group state as announced.
