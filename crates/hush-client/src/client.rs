@@ -1566,14 +1566,16 @@ impl Client {
             Err(e) => return Err(e.into()),
         };
         self.put_conversation(contact.id, conversation);
-        if let Some(work) = work {
-            self.group_follow_up(work).await?;
-        }
         // Stored: the senders may now be told.
         for event in &events {
             if let Event::Message(m) = event {
                 self.receipts.entry(m.from.clone()).or_default().push(m.id);
             }
+        }
+        let mut events = events;
+        if let Some(work) = work {
+            // Group messages opened now record their own receipts.
+            events.extend(self.group_follow_up(work).await?);
         }
         Ok(events)
     }

@@ -91,6 +91,20 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE TABLE sender_keys (
         grp BLOB NOT NULL, sender BLOB NOT NULL, record BLOB NOT NULL,
         PRIMARY KEY (grp, sender))",
+    // The distribution of this device's chain each member was given
+    // (sealed), sent again if it asks.
+    "CREATE TABLE given_keys (
+        grp BLOB NOT NULL, member BLOB NOT NULL, distribution BLOB NOT NULL,
+        PRIMARY KEY (grp, member))",
+    // Group messages waiting for their sender's key (or their group).
+    "CREATE TABLE parked (
+        id INTEGER PRIMARY KEY, grp BLOB NOT NULL, sender BLOB NOT NULL,
+        message BLOB NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL)",
+    "CREATE INDEX parked_by_group ON parked (grp, id)",
+    // When this device last asked a member for its key.
+    "CREATE TABLE key_requests (
+        grp BLOB NOT NULL, sender BLOB NOT NULL, at_ms INTEGER NOT NULL,
+        PRIMARY KEY (grp, sender))",
 ]];
 
 /// Profile failures.
@@ -1331,6 +1345,151 @@ impl Profile {
         );
     }
 
+    /// Stages the distribution a member was given of this device's
+    /// chain in a group.
+    pub fn stage_given_key(
+        &self,
+        rng: &mut impl CryptoRng,
+        writes: &mut Writes,
+        group: &GroupId,
+        member: &IdentityKey,
+        distribution: &[u8],
+    ) {
+        let sealed = self
+            .vault
+            .seal(rng, &Self::given_key_purpose(group, member), distribution);
+        writes.push(
+            "INSERT INTO given_keys (grp, member, distribution) VALUES (?, ?, ?)
+             ON CONFLICT (grp, member) DO UPDATE SET distribution = excluded.distribution",
+            [
+                Arg::Blob(group.to_vec()),
+                Arg::Blob(member.as_bytes().to_vec()),
+                Arg::Blob(sealed),
+            ],
+        );
+    }
+
+    fn given_key_purpose(group: &GroupId, member: &IdentityKey) -> String {
+        format!(
+            "given-key:{}:{}",
+            hex::encode(group),
+            hex::encode(member.as_bytes())
+        )
+    }
+
+    /// The distribution a member was last given (secret).
+    pub async fn given_key(
+        &self,
+        group: &GroupId,
+        member: &IdentityKey,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, ProfileError> {
+        let sealed: Option<Vec<u8>> =
+            sqlx::query("SELECT distribution FROM given_keys WHERE grp = ? AND member = ?")
+                .bind(&group[..])
+                .bind(&member.as_bytes()[..])
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        sealed
+            .map(|s| self.vault.open(&Self::given_key_purpose(group, member), &s))
+            .transpose()
+            .map_err(ProfileError::from)
+    }
+
+    /// Parks a group message until its sender's key (or its group)
+    /// arrives. At most [`MAX_PARKED`] are kept per sender; beyond that
+    /// the oldest go.
+    pub async fn park(
+        &self,
+        group: &GroupId,
+        sender: &IdentityKey,
+        message: &[u8],
+        seq: u64,
+    ) -> Result<(), ProfileError> {
+        let mut writes = Writes::default();
+        writes.push(
+            "INSERT INTO parked (grp, sender, message, seq, at_ms) VALUES (?, ?, ?, ?, ?)",
+            [
+                Arg::Blob(group.to_vec()),
+                Arg::Blob(sender.as_bytes().to_vec()),
+                Arg::Blob(message.to_vec()),
+                Arg::Int(i64_of(seq)),
+                Arg::Int(i64_of(now_ms())),
+            ],
+        );
+        writes.push(
+            "DELETE FROM parked WHERE sender = ? AND id NOT IN
+               (SELECT id FROM parked WHERE sender = ? ORDER BY id DESC LIMIT ?)",
+            [
+                Arg::Blob(sender.as_bytes().to_vec()),
+                Arg::Blob(sender.as_bytes().to_vec()),
+                Arg::Int(MAX_PARKED),
+            ],
+        );
+        self.write_unsynced(writes).await?;
+        Ok(())
+    }
+
+    /// The parked messages of a group, oldest first: (row, sender,
+    /// message, seq).
+    pub async fn parked(
+        &self,
+        group: &GroupId,
+    ) -> Result<Vec<(i64, IdentityKey, Vec<u8>, u64)>, ProfileError> {
+        let rows =
+            sqlx::query("SELECT id, sender, message, seq FROM parked WHERE grp = ? ORDER BY id")
+                .bind(&group[..])
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    IdentityKey::from_bytes(&fixed("sender", &r.try_get::<Vec<u8>, _>(1)?)?)
+                        .map_err(|e| ProfileError::Damaged(e.to_string()))?,
+                    r.try_get(2)?,
+                    u64_of(r.try_get(3)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Stages forgetting a parked message.
+    pub fn stage_unpark(writes: &mut Writes, row: i64) {
+        writes.push("DELETE FROM parked WHERE id = ?", [Arg::Int(row)]);
+    }
+
+    /// Records asking `sender` for its key of `group` now, unless that
+    /// was done less than `again_ms` ago; returns whether to ask.
+    pub async fn ask_for_key(
+        &self,
+        group: &GroupId,
+        sender: &IdentityKey,
+        again_ms: u64,
+    ) -> Result<bool, ProfileError> {
+        let now = now_ms();
+        let rows = self
+            .write_unsynced({
+                let mut writes = Writes::default();
+                writes.push(
+                    "INSERT INTO key_requests (grp, sender, at_ms) VALUES (?, ?, ?)
+                     ON CONFLICT (grp, sender) DO UPDATE SET at_ms = excluded.at_ms
+                       WHERE key_requests.at_ms < ?
+                     RETURNING at_ms",
+                    [
+                        Arg::Blob(group.to_vec()),
+                        Arg::Blob(sender.as_bytes().to_vec()),
+                        Arg::Int(i64_of(now)),
+                        Arg::Int(i64_of(now.saturating_sub(again_ms))),
+                    ],
+                );
+                writes
+            })
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
     /// Stores the outcome of a round of attempts in one transaction:
     /// `settled` envelopes leave the outbox with their message's status;
     /// `later` ones are due again at the given time. Synced to the disk
@@ -1479,6 +1638,9 @@ impl Profile {
 /// that did would still be refused by its session (its key is used up).
 pub const SEEN_KEPT: Duration = Duration::from_secs(60 * 24 * 3600);
 
+/// Group messages kept per sender while their key is missing.
+pub const MAX_PARKED: i64 = 1_000;
+
 /// Rows per multi-row statement.
 const ROWS_PER_STATEMENT: usize = 64;
 
@@ -1498,7 +1660,7 @@ pub enum Arg {
 /// Changes to store together: statements and their arguments, run by
 /// [`Profile::write`] as one transaction. Built by the `stage_*`
 /// functions.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Writes {
     sql: String,
     args: Vec<Arg>,
@@ -1675,6 +1837,9 @@ mod tests {
             "ALTER TABLE outbox DROP COLUMN grp",
             "DROP TABLE groups",
             "DROP TABLE sender_keys",
+            "DROP TABLE given_keys",
+            "DROP TABLE parked",
+            "DROP TABLE key_requests",
             "PRAGMA user_version = 1",
         ] {
             sqlx::query(statement).execute(&profile.pool).await.unwrap();

@@ -215,3 +215,61 @@ fn members_come_and_go_and_read_only_what_is_theirs() {
     assert_eq!(hush_ok(dave, &["group", "list"]), "");
     assert_eq!(hush_ok(carol, &["sync"]), "");
 }
+
+/// Deletes what `home`'s profile holds of `sender`'s sender keys, as if
+/// its distribution had been lost (no `hush` may hold the profile).
+fn lose_sender_keys(home: &std::path::Path, sender_address: &str) {
+    use sqlx::ConnectOptions;
+    let address: hush_crypto::Address = sender_address.parse().expect("address");
+    let key = address.identity().as_bytes().to_vec();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(home.join("profile.sqlite"))
+            .connect()
+            .await
+            .expect("opens the profile database");
+        let gone = sqlx::query("DELETE FROM sender_keys WHERE sender = ?")
+            .bind(key)
+            .execute(&mut conn)
+            .await
+            .expect("deletes")
+            .rows_affected();
+        assert_eq!(gone, 1);
+    });
+}
+
+#[test]
+fn a_member_that_lost_a_sender_key_asks_for_it_and_reads_the_message() {
+    let relay = Relay::start("recovery");
+    let homes = everyone(&relay, &["alice", "bob", "carol"]);
+    let (alice, bob, carol) = (&homes[0], &homes[1], &homes[2]);
+    hush_ok(alice, &["group", "create", "g", "bob", "carol"]);
+    sync(bob);
+    sync(carol);
+    hush_ok(bob, &["send", "--group", "g", "first"]);
+    assert_eq!(sync(carol), [m("bob", "g", "first")]);
+
+    let bob_address = hush_ok(bob, &["address"]).trim().to_string();
+    lose_sender_keys(carol, &bob_address);
+    hush_ok(bob, &["send", "--group", "g", "while lost"]);
+    hush_ok(bob, &["send", "--group", "g", "still lost"]);
+    // Carol cannot read them yet: she keeps them and asks Bob.
+    assert_eq!(sync(carol), []);
+    assert_eq!(
+        sync(alice),
+        [
+            m("bob", "g", "first"),
+            m("bob", "g", "while lost"),
+            m("bob", "g", "still lost")
+        ]
+    );
+    // Bob answers with the key Carol was given; Carol reads both, in order.
+    sync(bob);
+    assert_eq!(
+        sync(carol),
+        [m("bob", "g", "while lost"), m("bob", "g", "still lost")]
+    );
+    hush_ok(bob, &["send", "--group", "g", "found"]);
+    assert_eq!(sync(carol), [m("bob", "g", "found")]);
+}

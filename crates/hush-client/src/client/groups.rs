@@ -29,6 +29,11 @@ pub(super) struct GroupWork {
     forget: Option<(GroupId, Vec<IdentityKey>)>,
     /// Pairwise sends to make once stored.
     then: Vec<(IdentityKey, Body)>,
+    /// This device's chain as given to members (group, member,
+    /// distribution), kept to be given again if asked.
+    given: Vec<(GroupId, IdentityKey, Zeroizing<Vec<u8>>)>,
+    /// A group whose parked messages may now open.
+    retry: Option<GroupId>,
     /// What to tell the user.
     event: Option<Event>,
 }
@@ -54,6 +59,11 @@ impl GroupWork {
         }
         if let Some((group, keep)) = &self.forget {
             Profile::stage_forget_sender_keys(writes, group, keep);
+        }
+        for (group, member, distribution) in &self.given {
+            client
+                .profile
+                .stage_given_key(&mut client.rng, writes, group, member, distribution);
         }
     }
 
@@ -143,6 +153,7 @@ impl Client {
             send_counter: 0,
         };
         let record = SenderKeyRecord::generate(&mut self.rng, id);
+        let key = distribution_body(&record)?;
         let mut writes = Writes::default();
         Profile::stage_group(&mut writes, &group);
         self.profile.stage_own_sender_key(
@@ -151,9 +162,14 @@ impl Client {
             &id,
             Some(&record.to_bytes()),
         );
+        if let Body::SenderKey(bytes) = &key {
+            for member in group.members.iter().skip(1) {
+                self.profile
+                    .stage_given_key(&mut self.rng, &mut writes, &id, member, &bytes.0);
+            }
+        }
         self.profile.write(writes).await?;
         let update = Body::GroupUpdate(state_of(&group));
-        let key = distribution_body(&record)?;
         for member in group.members.iter().skip(1) {
             let contact = self.contact_for(member).await?;
             self.queue_many(&contact, vec![update.clone(), key.clone()])
@@ -333,6 +349,7 @@ impl Client {
                     return Ok(work);
                 }
                 work.sender_key = Some((group, sender.clone(), record.to_bytes()));
+                work.retry = Some(group);
             }
             Body::SenderKeyRequest(group) => {
                 let known = self.profile.groups().await?;
@@ -342,7 +359,12 @@ impl Client {
                 if !g.member || !g.members.contains(sender) {
                     return Ok(work);
                 }
-                if let Some(bytes) = self.profile.own_sender_key(group).await? {
+                // What it was given before (it can open what was sent
+                // with it), else the chain as it is now.
+                if let Some(given) = self.profile.given_key(group, sender).await? {
+                    work.then
+                        .push((sender.clone(), Body::SenderKey(SenderKeyBytes(given))));
+                } else if let Some(bytes) = self.profile.own_sender_key(group).await? {
                     let record = SenderKeyRecord::from_bytes(&bytes)
                         .map_err(|e| ProfileError::Damaged(e.to_string()))?;
                     work.then
@@ -396,11 +418,18 @@ impl Client {
                 }
             };
         let key = distribution_body(&record)?;
+        if let Body::SenderKey(bytes) = &key {
+            work.given = tell
+                .iter()
+                .map(|m| (group.id, m.clone(), bytes.0.clone()))
+                .collect();
+        }
         work.then = tell.into_iter().map(|m| (m, key.clone())).collect();
         work.own_key = Some(Some(record.to_bytes()));
         if removed {
             work.forget = Some((group.id, group.members.clone()));
         }
+        work.retry = Some(group.id);
         work.group = Some(group);
         Ok(work)
     }
@@ -524,8 +553,13 @@ impl Client {
         self.change_group(current, group).await
     }
 
-    /// Makes the pairwise sends a stored group change calls for.
-    pub(super) async fn group_follow_up(&mut self, work: GroupWork) -> Result<(), ClientError> {
+    /// Makes the pairwise sends a stored group change calls for, and
+    /// opens the group's parked messages that now can be. Returns their
+    /// events.
+    pub(super) async fn group_follow_up(
+        &mut self,
+        work: GroupWork,
+    ) -> Result<Vec<Event>, ClientError> {
         for (identity, body) in work.then {
             let contact = self.contact_for(&identity).await?;
             if contact.changed {
@@ -533,51 +567,110 @@ impl Client {
             }
             self.queue_many(&contact, vec![body]).await?;
         }
-        Ok(())
+        let mut events = Vec::new();
+        if let Some(group) = work.retry {
+            for (row, sender, message, seq) in self.profile.parked(&group).await? {
+                match self.open_group(&sender, &message, seq, Some(row)).await? {
+                    Opening::Stored(e) => events.extend(e),
+                    Opening::Park => {}
+                    Opening::Dropped => {
+                        let mut writes = Writes::default();
+                        Profile::stage_unpark(&mut writes, row);
+                        self.profile.write_unsynced(writes).await?;
+                    }
+                }
+            }
+        }
+        Ok(events)
     }
 
     /// Opens, checks, decrypts and stores a group message (a sender-key
-    /// message in a sealed envelope) from `sender`. One that cannot be
-    /// read (not a member, no sender key, forged) is logged and dropped.
+    /// message in a sealed envelope) from `sender`. One whose sender key
+    /// (or group) is not here yet is parked, and the sender asked for its
+    /// key; one that can never be read (from outside the group, forged)
+    /// is logged and dropped.
     pub(super) async fn receive_group(
         &mut self,
         sender: &IdentityKey,
         bytes: &[u8],
         seq: u64,
     ) -> Result<Vec<Event>, ClientError> {
+        match self.open_group(sender, bytes, seq, None).await? {
+            Opening::Stored(events) => Ok(events),
+            Opening::Dropped => Ok(Vec::new()),
+            Opening::Park => {
+                let Ok(message) = SenderKeyMessage::try_from(bytes) else {
+                    return Ok(Vec::new());
+                };
+                self.profile
+                    .park(&message.group_id, sender, bytes, seq)
+                    .await?;
+                let known = self
+                    .profile
+                    .groups()
+                    .await?
+                    .into_iter()
+                    .any(|g| g.id == message.group_id && g.member);
+                if known
+                    && self
+                        .profile
+                        .ask_for_key(&message.group_id, sender, KEY_REQUEST_AGAIN_MS)
+                        .await?
+                {
+                    let contact = self.contact_for(sender).await?;
+                    if !contact.changed {
+                        self.queue_many(&contact, vec![Body::SenderKeyRequest(message.group_id)])
+                            .await?;
+                    }
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// [`Self::receive_group`]'s work; `parked` is the row of a parked
+    /// message being tried again (forgotten in the same write if it
+    /// opens).
+    async fn open_group(
+        &mut self,
+        sender: &IdentityKey,
+        bytes: &[u8],
+        seq: u64,
+        parked: Option<i64>,
+    ) -> Result<Opening, ClientError> {
         let Ok(message) = SenderKeyMessage::try_from(bytes) else {
             tracing::warn!(seq, "dropped a group message that does not parse");
-            return Ok(Vec::new());
+            return Ok(Opening::Dropped);
         };
         let groups = self.profile.groups().await?;
         let Some(group) = groups.into_iter().find(|g| g.id == message.group_id) else {
-            tracing::warn!(
-                seq,
-                "dropped a message of a group this device does not know"
-            );
-            return Ok(Vec::new());
+            // Its group's state may still be on its way.
+            return Ok(Opening::Park);
         };
         if !group.member || !group.members.contains(sender) {
             tracing::warn!(seq, "dropped a group message from outside the group");
-            return Ok(Vec::new());
+            return Ok(Opening::Dropped);
         }
         let Some(stored) = self.profile.sender_key(&group.id, sender).await? else {
-            tracing::warn!(
-                seq,
-                "dropped a group message whose sender key never arrived"
-            );
-            return Ok(Vec::new());
+            return Ok(Opening::Park);
         };
         let mut record = SenderKeyRecord::from_bytes(&stored)
             .map_err(|e| ProfileError::Damaged(e.to_string()))?;
         let plaintext = match record.decrypt(&message) {
             Ok(p) => Zeroizing::new(p),
+            Err(hush_crypto::DecryptError::UnknownSenderKey { .. }) => return Ok(Opening::Park),
             Err(e) => {
                 tracing::warn!(seq, error = %e, "dropped a group message that does not decrypt");
-                return Ok(Vec::new());
+                return Ok(Opening::Dropped);
             }
         };
         let record_bytes = record.to_bytes();
+        let mut writes = Writes::default();
+        self.profile
+            .stage_sender_key(&mut self.rng, &mut writes, &group.id, sender, &record_bytes);
+        if let Some(row) = parked {
+            Profile::stage_unpark(&mut writes, row);
+        }
         let Ok(Content {
             body: Body::Text(text),
             id,
@@ -587,21 +680,11 @@ impl Client {
         else {
             tracing::warn!(seq, "dropped a group message that is not a text");
             // Its key is used up all the same.
-            let mut writes = Writes::default();
-            self.profile.stage_sender_key(
-                &mut self.rng,
-                &mut writes,
-                &group.id,
-                sender,
-                &record_bytes,
-            );
             self.profile.write_unsynced(writes).await?;
-            return Ok(Vec::new());
+            return Ok(Opening::Stored(Vec::new()));
         };
         let contact = self.contact_for(sender).await?;
-        let mut writes = Writes::default();
-        self.profile
-            .stage_sender_key(&mut self.rng, &mut writes, &group.id, sender, &record_bytes);
+        let unchanged = writes.clone();
         Profile::stage_seen(&mut writes, &id);
         let stored = StoredMessage {
             id,
@@ -619,16 +702,8 @@ impl Client {
         match self.profile.write_unsynced(writes).await {
             Ok(_) => {}
             Err(ProfileError::Duplicate) => {
-                let mut writes = Writes::default();
-                self.profile.stage_sender_key(
-                    &mut self.rng,
-                    &mut writes,
-                    &group.id,
-                    sender,
-                    &record_bytes,
-                );
-                self.profile.write_unsynced(writes).await?;
-                return Ok(Vec::new());
+                self.profile.write_unsynced(unchanged).await?;
+                return Ok(Opening::Stored(Vec::new()));
             }
             Err(e) => return Err(e.into()),
         }
@@ -636,7 +711,7 @@ impl Client {
             .entry(contact.name.clone())
             .or_default()
             .push(id);
-        Ok(vec![Event::Message(Received {
+        Ok(Opening::Stored(vec![Event::Message(Received {
             from: contact.name.clone(),
             address: contact.address().to_string(),
             id,
@@ -645,8 +720,21 @@ impl Client {
             counter,
             seq,
             group: Some(group.name),
-        })])
+        })]))
     }
+}
+
+/// How long before a member is asked again for a key it did not send.
+const KEY_REQUEST_AGAIN_MS: u64 = 60_000;
+
+/// What became of a group message.
+enum Opening {
+    /// Stored (its events; none if it was a duplicate or not a text).
+    Stored(Vec<Event>),
+    /// Waiting for its sender's key or its group.
+    Park,
+    /// Never readable.
+    Dropped,
 }
 
 /// Whether `members`/`admins`/`name` is `group` with only `sender`, a
