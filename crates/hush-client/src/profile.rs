@@ -1397,6 +1397,30 @@ impl Profile {
             .map_err(ProfileError::from)
     }
 
+    /// Every distribution of this device's chain given in a group, by
+    /// member (secret).
+    pub async fn given_keys(
+        &self,
+        group: &GroupId,
+    ) -> Result<Vec<(IdentityKey, Zeroizing<Vec<u8>>)>, ProfileError> {
+        let rows = sqlx::query("SELECT member, distribution FROM given_keys WHERE grp = ?")
+            .bind(&group[..])
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let member =
+                    IdentityKey::from_bytes(&fixed("member", &r.try_get::<Vec<u8>, _>(0)?)?)
+                        .map_err(|e| ProfileError::Damaged(e.to_string()))?;
+                let sealed: Vec<u8> = r.try_get(1)?;
+                let distribution = self
+                    .vault
+                    .open(&Self::given_key_purpose(group, &member), &sealed)?;
+                Ok((member, distribution))
+            })
+            .collect()
+    }
+
     /// Parks a group message until its sender's key (or its group)
     /// arrives. At most [`MAX_PARKED`] are kept per sender; beyond that
     /// the oldest go.

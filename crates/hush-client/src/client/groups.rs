@@ -29,9 +29,6 @@ pub(super) struct GroupWork {
     forget: Option<(GroupId, Vec<IdentityKey>)>,
     /// Pairwise sends to make once stored.
     then: Vec<(IdentityKey, Body)>,
-    /// This device's chain as given to members (group, member,
-    /// distribution), kept to be given again if asked.
-    given: Vec<(GroupId, IdentityKey, Zeroizing<Vec<u8>>)>,
     /// A group whose parked messages may now open.
     retry: Option<GroupId>,
     /// What to tell the user.
@@ -59,11 +56,6 @@ impl GroupWork {
         }
         if let Some((group, keep)) = &self.forget {
             Profile::stage_forget_sender_keys(writes, group, keep);
-        }
-        for (group, member, distribution) in &self.given {
-            client
-                .profile
-                .stage_given_key(&mut client.rng, writes, group, member, distribution);
         }
     }
 
@@ -118,8 +110,7 @@ impl Client {
     }
 
     /// Creates a group of this device and the named contacts, with this
-    /// device as its admin, and tells every member (the state, then this
-    /// device's sender key), pairwise.
+    /// device as its admin, and tells every member its state, pairwise.
     pub async fn create_group(
         &mut self,
         name: &str,
@@ -153,7 +144,6 @@ impl Client {
             send_counter: 0,
         };
         let record = SenderKeyRecord::generate(&mut self.rng, id);
-        let key = distribution_body(&record)?;
         let mut writes = Writes::default();
         Profile::stage_group(&mut writes, &group);
         self.profile.stage_own_sender_key(
@@ -162,18 +152,11 @@ impl Client {
             &id,
             Some(&record.to_bytes()),
         );
-        if let Body::SenderKey(bytes) = &key {
-            for member in group.members.iter().skip(1) {
-                self.profile
-                    .stage_given_key(&mut self.rng, &mut writes, &id, member, &bytes.0);
-            }
-        }
         self.profile.write(writes).await?;
         let update = Body::GroupUpdate(state_of(&group));
         for member in group.members.iter().skip(1) {
             let contact = self.contact_for(member).await?;
-            self.queue_many(&contact, vec![update.clone(), key.clone()])
-                .await?;
+            self.queue_many(&contact, vec![update.clone()]).await?;
         }
         let _ = self.flush().await;
         Ok(group)
@@ -206,6 +189,7 @@ impl Client {
             .ok_or_else(|| ClientError::Crypto("no sender key for this group".into()))?;
         let mut record =
             SenderKeyRecord::from_bytes(&own).map_err(|e| ProfileError::Damaged(e.to_string()))?;
+        let given = self.give_key(&group, &others, &record).await?;
         let mut id: MessageId = [0; 16];
         self.rng.fill_bytes(&mut id);
         let now = now_ms();
@@ -260,6 +244,15 @@ impl Client {
             .stage_messages(&mut self.rng, &mut writes, &[(&stored, None)]);
         Profile::stage_outgoing(&mut writes, &[(0, out.clone())]);
         Profile::stage_group(&mut writes, &group);
+        for (member, distribution) in &given {
+            self.profile.stage_given_key(
+                &mut self.rng,
+                &mut writes,
+                &group.id,
+                member,
+                distribution,
+            );
+        }
         // Synced before it leaves, like a pairwise send: the chain moved.
         self.profile.stage_own_sender_key(
             &mut self.rng,
@@ -271,6 +264,46 @@ impl Client {
         self.fresh.push(out);
         let _ = self.flush().await;
         Ok(id)
+    }
+
+    /// Sends this device's current chain, pairwise, to the members who
+    /// were not given it yet (new members, everyone after a rotation),
+    /// ahead of a group message. Returns what each was given, to keep.
+    async fn give_key(
+        &mut self,
+        group: &Group,
+        others: &[IdentityKey],
+        record: &SenderKeyRecord,
+    ) -> Result<Vec<(IdentityKey, Zeroizing<Vec<u8>>)>, ClientError> {
+        let Some(current) = record.distribution() else {
+            return Err(ClientError::Crypto(
+                "no chain of our own in the sender key".into(),
+            ));
+        };
+        let given = self.profile.given_keys(&group.id).await?;
+        let mut out = Vec::new();
+        for member in others {
+            let has = given.iter().any(|(m, d)| {
+                m == member
+                    && SenderKeyDistribution::try_from(d.as_slice())
+                        .is_ok_and(|d| d.key_id == current.key_id)
+            });
+            if has {
+                continue;
+            }
+            let contact = self.contact_for(member).await?;
+            if contact.changed {
+                continue;
+            }
+            let bytes = current.to_bytes();
+            self.queue_many(
+                &contact,
+                vec![Body::SenderKey(SenderKeyBytes(bytes.clone()))],
+            )
+            .await?;
+            out.push((member.clone(), bytes));
+        }
+        Ok(out)
     }
 
     /// A group's last `limit` messages, in order.
@@ -377,11 +410,9 @@ impl Client {
     }
 
     /// What moving a group from `current` to `group` means for this
-    /// device's keys: a first chain when it joins (told to every other
-    /// member), a fresh one when anyone left (told to every remaining
-    /// member, and the keys of those who left forgotten), its current one
-    /// told to new members otherwise; everything dropped when it is no
-    /// longer a member.
+    /// device's keys: a first chain when it joins, a fresh one when anyone
+    /// left (and the keys of those who left forgotten); everything
+    /// dropped when it is no longer a member.
     async fn membership_work(
         &mut self,
         current: Option<&Group>,
@@ -395,36 +426,23 @@ impl Client {
             work.group = Some(group);
             return Ok(work);
         }
-        let me = self.identity.public().clone();
         let before: Vec<IdentityKey> = current.map(|g| g.members.clone()).unwrap_or_default();
         let removed = before.iter().any(|m| !group.members.contains(m));
-        let others = || group.members.iter().filter(|m| **m != me).cloned();
-        let (record, tell): (SenderKeyRecord, Vec<IdentityKey>) =
-            match self.profile.own_sender_key(&group.id).await? {
-                None => (
-                    SenderKeyRecord::generate(&mut self.rng, group.id),
-                    others().collect(),
-                ),
-                Some(bytes) => {
-                    let mut record = SenderKeyRecord::from_bytes(&bytes)
-                        .map_err(|e| ProfileError::Damaged(e.to_string()))?;
-                    if removed {
-                        // Whoever left must not read what comes next.
-                        record.rotate(&mut self.rng);
-                        (record, others().collect())
-                    } else {
-                        (record, others().filter(|m| !before.contains(m)).collect())
-                    }
+        let record = match self.profile.own_sender_key(&group.id).await? {
+            None => SenderKeyRecord::generate(&mut self.rng, group.id),
+            Some(bytes) => {
+                let mut record = SenderKeyRecord::from_bytes(&bytes)
+                    .map_err(|e| ProfileError::Damaged(e.to_string()))?;
+                if removed {
+                    // Whoever left must not read what comes next.
+                    record.rotate(&mut self.rng);
                 }
-            };
-        let key = distribution_body(&record)?;
-        if let Body::SenderKey(bytes) = &key {
-            work.given = tell
-                .iter()
-                .map(|m| (group.id, m.clone(), bytes.0.clone()))
-                .collect();
-        }
-        work.then = tell.into_iter().map(|m| (m, key.clone())).collect();
+                record
+            }
+        };
+        // Members get the chain with this device's next group message
+        // (`send_group_text`), not before: a group where few speak costs
+        // few pairwise messages.
         work.own_key = Some(Some(record.to_bytes()));
         if removed {
             work.forget = Some((group.id, group.members.clone()));
@@ -434,9 +452,8 @@ impl Client {
         Ok(work)
     }
 
-    /// Stores a change this device makes to a group and announces it:
-    /// the new state to every member before and after (pairwise), then
-    /// this device's key to whoever must get it.
+    /// Stores a change this device makes to a group and announces the
+    /// new state to every member before and after, pairwise.
     async fn change_group(&mut self, current: Group, group: Group) -> Result<Group, ClientError> {
         let me = self.identity.public().clone();
         let mut told: Vec<IdentityKey> = group
@@ -455,14 +472,7 @@ impl Client {
         let update = Body::GroupUpdate(state_of(&group));
         for member in &told {
             let contact = self.contact_for(member).await?;
-            let mut bodies = vec![update.clone()];
-            bodies.extend(
-                work.then
-                    .iter()
-                    .filter(|(to, _)| to == member)
-                    .map(|(_, body)| body.clone()),
-            );
-            self.queue_many(&contact, bodies).await?;
+            self.queue_many(&contact, vec![update.clone()]).await?;
         }
         let _ = self.flush().await;
         Ok(group)
