@@ -1,6 +1,8 @@
-//! `hush chat NAME`: an interactive conversation in the terminal — the
-//! history, new messages as they arrive, delivery and read marks, and
-//! "typing…" (`spec/client.md`, "CLI").
+//! `hush chat NAME` and `hush chat --group GROUP`: an interactive
+//! conversation in the terminal — the history, new messages as they
+//! arrive, delivery and read marks, and "typing…" (`spec/client.md`,
+//! "CLI"). In a group, each message shows its sender, and there are no
+//! typing notices or read receipts.
 //!
 //! Keys: text and Enter to send, Backspace, Esc or Ctrl-C to leave.
 //! Messages shown while the chat is open are marked read (and the
@@ -26,9 +28,19 @@ const TYPING_SHOWN: Duration = Duration::from_secs(6);
 /// Typing notices sent at most this often.
 const TYPING_EVERY: Duration = Duration::from_secs(3);
 
+/// Who the chat is with.
+pub(crate) enum Target {
+    /// A contact, by name.
+    Contact(String),
+    /// A group, by name.
+    Group(String),
+}
+
 struct Screen {
     name: String,
     verified: bool,
+    /// In a group: the senders' names, by contact row.
+    group: Option<std::collections::HashMap<i64, String>>,
     history: Vec<StoredMessage>,
     input: String,
     typing_until: Option<Instant>,
@@ -56,7 +68,11 @@ fn draw(frame: &mut ratatui::Frame<'_>, s: &Screen) {
         .history
         .iter()
         .map(|m| {
-            let who = if m.outgoing { "me" } else { s.name.as_str() };
+            let who = match (&s.group, m.outgoing) {
+                (_, true) => "me",
+                (Some(names), false) => names.get(&m.contact).map_or("?", String::as_str),
+                (None, false) => s.name.as_str(),
+            };
             let text = if m.recalled {
                 Span::styled("(deleted)", Style::default().add_modifier(Modifier::ITALIC))
             } else {
@@ -77,15 +93,18 @@ fn draw(frame: &mut ratatui::Frame<'_>, s: &Screen) {
         .collect();
     let height = top.height.saturating_sub(2) as usize;
     let scroll = lines.len().saturating_sub(height) as u16;
-    let title = format!(
-        " {} ({}) ",
-        s.name,
-        if s.verified {
-            "verified"
-        } else {
-            "not verified"
-        }
-    );
+    let title = match &s.group {
+        Some(_) => format!(" {} (group) ", s.name),
+        None => format!(
+            " {} ({}) ",
+            s.name,
+            if s.verified {
+                "verified"
+            } else {
+                "not verified"
+            }
+        ),
+    };
     frame.render_widget(
         Paragraph::new(lines)
             .block(Block::default().borders(Borders::ALL).title(title))
@@ -132,33 +151,63 @@ fn keys() -> mpsc::Receiver<TermEvent> {
     rx
 }
 
-/// Runs the chat with `name` until the user leaves.
-pub(crate) async fn run(client: &mut Client, name: &str) -> Result<()> {
-    let (contact, _) = client.history(name, 0).await?;
-    let mut screen = Screen {
-        name: contact.name.clone(),
-        verified: contact.verified,
-        history: Vec::new(),
-        input: String::new(),
-        typing_until: None,
-        notice: String::new(),
+/// The conversation's last messages; in a group, with the senders'
+/// names brought up to date.
+async fn load(client: &mut Client, screen: &mut Screen) -> Result<Vec<StoredMessage>> {
+    if let Some(names) = screen.group.as_mut() {
+        for c in client.contacts().await? {
+            names.insert(c.id, c.name);
+        }
+        return Ok(client.group_history(&screen.name, 1_000).await?.1);
+    }
+    Ok(client.history(&screen.name, 1_000).await?.1)
+}
+
+/// Runs the chat until the user leaves.
+pub(crate) async fn run(client: &mut Client, target: Target) -> Result<()> {
+    let mut screen = match &target {
+        Target::Contact(name) => {
+            let (contact, _) = client.history(name, 0).await?;
+            Screen {
+                name: contact.name.clone(),
+                verified: contact.verified,
+                group: None,
+                history: Vec::new(),
+                input: String::new(),
+                typing_until: None,
+                notice: String::new(),
+            }
+        }
+        Target::Group(name) => {
+            let (group, _) = client.group_history(name, 0).await?;
+            Screen {
+                name: group.name,
+                verified: false,
+                group: Some(std::collections::HashMap::new()),
+                history: Vec::new(),
+                input: String::new(),
+                typing_until: None,
+                notice: String::new(),
+            }
+        }
     };
     let mut live = client.sync().await.is_ok();
     if !live {
         screen.notice = "offline: retrying".into();
     }
-    let _ = client.mark_read(name).await;
-    screen.history = client.history(name, 1_000).await?.1;
+    if screen.group.is_none() {
+        let _ = client.mark_read(&screen.name).await;
+    }
+    screen.history = load(client, &mut screen).await?;
 
     let mut terminal = ratatui::try_init().context("starting the terminal interface")?;
-    let result = chat_loop(client, name, &mut screen, &mut terminal, &mut live).await;
+    let result = chat_loop(client, &mut screen, &mut terminal, &mut live).await;
     ratatui::try_restore().context("restoring the terminal")?;
     result
 }
 
 async fn chat_loop(
     client: &mut Client,
-    name: &str,
     screen: &mut Screen,
     terminal: &mut ratatui::DefaultTerminal,
     live: &mut bool,
@@ -166,6 +215,9 @@ async fn chat_loop(
     let mut keys = keys();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut typing_sent: Option<Instant> = None;
+    let name = screen.name.clone();
+    let name = name.as_str();
+    let group = screen.group.is_some();
     loop {
         terminal.draw(|f| draw(f, screen))?;
         let mut changed = false;
@@ -181,7 +233,12 @@ async fn chat_loop(
                     KeyCode::Enter => {
                         let text = std::mem::take(&mut screen.input);
                         if !text.trim().is_empty() {
-                            screen.notice = match client.send_text(name, &text).await {
+                            let sent = if group {
+                                client.send_group_text(name, &text).await
+                            } else {
+                                client.send_text(name, &text).await
+                            };
+                            screen.notice = match sent {
                                 Ok(_) => String::new(),
                                 Err(e) => e.to_string(),
                             };
@@ -191,13 +248,13 @@ async fn chat_loop(
                     }
                     KeyCode::Backspace => {
                         screen.input.pop();
-                        if screen.input.is_empty() && typing_sent.take().is_some() {
+                        if !group && screen.input.is_empty() && typing_sent.take().is_some() {
                             let _ = client.send_control(name, Body::Typing(false)).await;
                         }
                     }
                     KeyCode::Char(c) => {
                         screen.input.push(c);
-                        if typing_sent.is_none_or(|t| t.elapsed() > TYPING_EVERY) {
+                        if !group && typing_sent.is_none_or(|t| t.elapsed() > TYPING_EVERY) {
                             typing_sent = Some(Instant::now());
                             let _ = client.send_control(name, Body::Typing(true)).await;
                         }
@@ -214,7 +271,7 @@ async fn chat_loop(
                                 Event::Typing { contact, typing } if contact == screen.name => {
                                     screen.typing_until = typing.then(|| Instant::now() + TYPING_SHOWN);
                                 }
-                                Event::Message(m) if m.from == screen.name => {
+                                Event::Message(m) if !group && m.group.is_none() && m.from == screen.name => {
                                     screen.typing_until = None;
                                     let _ = client.mark_read(name).await;
                                     changed = true;
@@ -238,13 +295,15 @@ async fn chat_loop(
                 } else if client.sync().await.is_ok() {
                     *live = true;
                     screen.notice.clear();
-                    let _ = client.mark_read(name).await;
+                    if !group {
+                        let _ = client.mark_read(name).await;
+                    }
                     changed = true;
                 }
             }
         }
         if changed {
-            screen.history = client.history(name, 1_000).await?.1;
+            screen.history = load(client, screen).await?;
         }
     }
 }

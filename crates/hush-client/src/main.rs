@@ -49,6 +49,7 @@ const USAGE: &str = "usage: hush [--home DIR] COMMAND
                           accepting a changed identity)
   history NAME [--json]   print the conversation
   chat NAME               talk with NAME in the terminal (Enter sends, Esc leaves)
+  chat --group GROUP      talk in a group in the terminal
 
 The profile directory is --home, else HUSH_HOME, else ~/.hush.";
 
@@ -405,9 +406,15 @@ async fn run(raw: Vec<String>) -> Result<()> {
             }
         }
         "chat" => {
-            let w = args.words(2, "chat NAME")?;
+            let target = match args.value("--group") {
+                Some(group) => {
+                    args.words(1, "chat --group GROUP")?;
+                    chat::Target::Group(group.to_string())
+                }
+                None => chat::Target::Contact(args.words(2, "chat NAME")?[1].clone()),
+            };
             let mut client = open(&args, options).await?;
-            chat::run(&mut client, &w[1]).await?;
+            chat::run(&mut client, target).await?;
         }
         other => bail!("unknown command {other:?} (see hush --help)"),
     }

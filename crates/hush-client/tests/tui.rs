@@ -21,8 +21,11 @@ impl Tmux {
             found.is_ok_and(|o| o.status.success()),
             "tmux is needed for the terminal test (.ci/test installs it)"
         );
+        // One server per test: tests run at once in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Self {
-            socket: format!("hush-test-{}", std::process::id()),
+            socket: format!("hush-test-{}-{n}", std::process::id()),
         }
     }
 
@@ -143,4 +146,57 @@ fn two_people_chat_in_terminals_with_marks_and_typing() {
     let history = hush_ok(&bob, &["history", "alice"]);
     assert!(history.contains("alice: hello bob"), "{history}");
     assert!(history.contains("me: hi alice"), "{history}");
+}
+
+#[test]
+fn a_group_chat_in_terminals_names_each_sender() {
+    let relay = Relay::start("tui-group");
+    let homes = [
+        temp_dir("tui-g-alice"),
+        temp_dir("tui-g-bob"),
+        temp_dir("tui-g-carol"),
+    ];
+    let names = ["alice", "bob", "carol"];
+    let addresses: Vec<String> = homes.iter().map(|h| init(h, &relay)).collect();
+    for (i, home) in homes.iter().enumerate() {
+        for (j, name) in names.iter().enumerate() {
+            if i != j {
+                hush_ok(home, &["contact", "add", name, &addresses[j]]);
+            }
+        }
+    }
+    let [alice, bob, carol] = &homes;
+    hush_ok(alice, &["group", "create", "friends", "bob", "carol"]);
+    hush_ok(bob, &["sync"]);
+    hush_ok(carol, &["sync"]);
+    hush_ok(carol, &["send", "--group", "friends", "carol was here"]);
+
+    let tmux = Tmux::new();
+    let hush = env!("CARGO_BIN_EXE_hush");
+    tmux.start(
+        "alice",
+        &format!("{hush} --home {} chat --group friends", alice.display()),
+    );
+    tmux.start(
+        "bob",
+        &format!("{hush} --home {} chat --group friends", bob.display()),
+    );
+    tmux.wait_for("bob", "friends (group)");
+    tmux.wait_for("bob", "carol: carol was here");
+    tmux.wait_for("alice", "carol: carol was here");
+
+    tmux.type_text("alice", "hello friends");
+    tmux.key("alice", "Enter");
+    tmux.wait_for("bob", "alice: hello friends");
+    tmux.wait_for("alice", "me: hello friends  [delivered]");
+    tmux.type_text("bob", "hi all");
+    tmux.key("bob", "Enter");
+    tmux.wait_for("alice", "bob: hi all");
+    tmux.key("alice", "Escape");
+    tmux.key("bob", "Escape");
+    let out = hush_ok(carol, &["sync"]);
+    assert_eq!(
+        out,
+        "[friends] alice: hello friends\n[friends] bob: hi all\n"
+    );
 }
