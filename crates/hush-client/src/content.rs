@@ -16,8 +16,10 @@ pub const MAX_TEXT: usize = 60_000;
 /// The most message ids one receipt names.
 pub const MAX_RECEIPT_IDS: usize = 1_000;
 
-/// The most members a group has, admins included.
-pub const MAX_GROUP_MEMBERS: usize = 1_024;
+/// The most members a group has, admins included: a group message goes
+/// to the others in one `Send`, and a relay takes at most 1,000
+/// recipients by default (`spec/relay.md`).
+pub const MAX_GROUP_MEMBERS: usize = 1_000;
 
 /// The longest group name, bytes of UTF-8.
 pub const MAX_GROUP_NAME: usize = 128;

@@ -1331,18 +1331,18 @@ impl Profile {
         );
     }
 
-    /// Stages forgetting other members' sender keys of a group: all of
-    /// them, or those of senders not in `keep`.
+    /// Stages forgetting other members' sender keys of a group, and what
+    /// they were given of this device's: all of them, or those of members
+    /// not in `keep`.
     pub fn stage_forget_sender_keys(writes: &mut Writes, group: &GroupId, keep: &[IdentityKey]) {
-        let mut args = vec![Arg::Blob(group.to_vec())];
-        args.extend(keep.iter().map(|k| Arg::Blob(k.as_bytes().to_vec())));
-        writes.push(
-            &format!(
-                "DELETE FROM sender_keys WHERE grp = ? AND sender NOT IN ({})",
-                list(keep.len())
-            ),
-            args,
-        );
+        for sql in [
+            "DELETE FROM sender_keys WHERE grp = ? AND sender NOT IN",
+            "DELETE FROM given_keys WHERE grp = ? AND member NOT IN",
+        ] {
+            let mut args = vec![Arg::Blob(group.to_vec())];
+            args.extend(keep.iter().map(|k| Arg::Blob(k.as_bytes().to_vec())));
+            writes.push(&format!("{sql} ({})", list(keep.len())), args);
+        }
     }
 
     /// Stages the distribution a member was given of this device's
