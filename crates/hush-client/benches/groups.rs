@@ -64,28 +64,22 @@ async fn stored(relay: &Relay) -> Stored {
 
 async fn clients(relay: &Relay, n: usize) -> Vec<Client> {
     let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).unwrap();
-    let mut set = tokio::task::JoinSet::new();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let addr = relay.address();
-        set.spawn(async move {
-            let home = temp_dir(&format!("groups-bench-{i}"));
-            (
-                i,
-                Client::init(&home, &addr, pin, Unlock::KeyFile, Options::default())
-                    .await
-                    .unwrap(),
+        let home = temp_dir(&format!("groups-bench-{i}"));
+        out.push(
+            Client::init(
+                &home,
+                &relay.address(),
+                pin,
+                Unlock::KeyFile,
+                Options::default(),
             )
-        });
-        if set.len() >= 16 {
-            out.push(set.join_next().await.unwrap().unwrap());
-        }
+            .await
+            .unwrap(),
+        );
     }
-    while let Some(c) = set.join_next().await {
-        out.push(c.unwrap());
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, c)| c).collect()
+    out
 }
 
 /// Every member syncs (all at once).
