@@ -212,7 +212,12 @@ async fn run(n: usize) {
             all: at[at.len() - 1],
             half: at[at.len() / 2],
         });
-        // Take the copies (they come again after the restart).
+        // Take the copies (they come again after the restart), on new
+        // connections.
+        for c in &mut members {
+            c.disconnect();
+        }
+        sender.disconnect();
         members = sync_all(members).await;
         sender.sync().await.unwrap();
     }

@@ -355,6 +355,9 @@ pub struct Client {
     conversations: HashMap<i64, Conversation>,
     /// Static agreements for sealing and opening.
     agreements: Agreements,
+    /// The groups as stored (loaded on first use, kept up to date by
+    /// every write of a group).
+    groups: Option<Vec<crate::profile::Group>>,
     /// Envelopes queued since the last attempt.
     fresh: Vec<Outgoing>,
     /// The stored outbox holds nothing but `fresh`: the next attempt
@@ -422,6 +425,7 @@ impl Client {
             contacts: None,
             conversations: HashMap::new(),
             agreements: Agreements::new(),
+            groups: None,
             fresh: Vec::new(),
             outbox_clean: true,
             unsynced_sends: false,
@@ -475,6 +479,7 @@ impl Client {
             contacts: None,
             conversations: HashMap::new(),
             agreements: Agreements::new(),
+            groups: None,
             fresh: Vec::new(),
             outbox_clean: false,
             unsynced_sends: false,
@@ -1251,14 +1256,10 @@ impl Client {
             later.is_empty() && (!from_store || self.profile.outbox_len().await? == 0);
         let mut events = Vec::with_capacity(settled.len());
         let mut names: BTreeMap<[u8; 32], Option<String>> = BTreeMap::new();
-        let mut groups: Option<Vec<crate::profile::Group>> = None;
         for (out, status) in settled {
             if let Some(group) = out.group {
                 // A group send: its status is the group's.
-                if groups.is_none() {
-                    groups = Some(self.profile.groups().await?);
-                }
-                if let Some(g) = groups.iter().flatten().find(|g| g.id == group) {
+                if let Some(g) = self.known_groups().await?.iter().find(|g| g.id == group) {
                     events.push(Event::Status {
                         contact: g.name.clone(),
                         id: out.message_id,

@@ -77,14 +77,43 @@ impl Client {
         Ok(self.profile.groups().await?)
     }
 
-    /// The group this device is a member of with this name.
-    async fn group(&self, name: &str) -> Result<Group, ClientError> {
-        let mut found: Vec<Group> = self
-            .profile
-            .groups()
+    /// The groups as stored, from the cache (loaded on first use: a
+    /// group's member list takes a key check per member to load).
+    pub(super) async fn known_groups(&mut self) -> Result<&[Group], ClientError> {
+        if self.groups.is_none() {
+            self.groups = Some(self.profile.groups().await?);
+        }
+        Ok(self.groups.as_deref().unwrap_or_default())
+    }
+
+    /// The stored group with this id.
+    async fn known_group(&mut self, id: &GroupId) -> Result<Option<Group>, ClientError> {
+        Ok(self
+            .known_groups()
             .await?
-            .into_iter()
+            .iter()
+            .find(|g| g.id == *id)
+            .cloned())
+    }
+
+    /// Puts a group's state, as just stored, in the cache.
+    fn cache_group(&mut self, group: &Group) {
+        if let Some(cached) = self.groups.as_mut() {
+            match cached.iter_mut().find(|g| g.id == group.id) {
+                Some(g) => *g = group.clone(),
+                None => cached.push(group.clone()),
+            }
+        }
+    }
+
+    /// The group this device is a member of with this name.
+    async fn group(&mut self, name: &str) -> Result<Group, ClientError> {
+        let mut found: Vec<Group> = self
+            .known_groups()
+            .await?
+            .iter()
             .filter(|g| g.name == name && g.member)
+            .cloned()
             .collect();
         match found.len() {
             0 => Err(ClientError::UnknownGroup(name.to_string())),
@@ -153,6 +182,7 @@ impl Client {
             Some(&record.to_bytes()),
         );
         self.profile.write(writes).await?;
+        self.cache_group(&group);
         let update = Body::GroupUpdate(state_of(&group));
         for member in group.members.iter().skip(1) {
             let contact = self.contact_for(member).await?;
@@ -261,6 +291,7 @@ impl Client {
             Some(&record.to_bytes()),
         );
         self.profile.write(writes).await?;
+        self.cache_group(&group);
         self.fresh.push(out);
         let _ = self.flush().await;
         Ok(id)
@@ -334,8 +365,8 @@ impl Client {
                     tracing::warn!("dropped a group update naming an invalid key");
                     return Ok(work);
                 };
-                let groups = self.profile.groups().await?;
-                let current = groups.iter().find(|g| g.id == state.id);
+                let current = self.known_group(&state.id).await?;
+                let current = current.as_ref();
                 let allowed = match current {
                     Some(g) => {
                         state.version > g.version
@@ -385,8 +416,7 @@ impl Client {
                 work.retry = Some(group);
             }
             Body::SenderKeyRequest(group) => {
-                let known = self.profile.groups().await?;
-                let Some(g) = known.iter().find(|g| g.id == *group) else {
+                let Some(g) = self.known_group(group).await? else {
                     return Ok(work);
                 };
                 if !g.member || !g.members.contains(sender) {
@@ -469,6 +499,7 @@ impl Client {
         let mut writes = Writes::default();
         work.stage(self, &mut writes);
         self.profile.write(writes).await?;
+        self.cache_group(&group);
         let update = Body::GroupUpdate(state_of(&group));
         for member in &told {
             let contact = self.contact_for(member).await?;
@@ -479,7 +510,7 @@ impl Client {
     }
 
     /// The group, checked that this device is one of its admins.
-    async fn admin_of(&self, name: &str) -> Result<Group, ClientError> {
+    async fn admin_of(&mut self, name: &str) -> Result<Group, ClientError> {
         let group = self.group(name).await?;
         if !group.admins.contains(self.identity.public()) {
             return Err(ClientError::NotAdmin(group.name));
@@ -570,6 +601,9 @@ impl Client {
         &mut self,
         work: GroupWork,
     ) -> Result<Vec<Event>, ClientError> {
+        if let Some(group) = &work.group {
+            self.cache_group(group);
+        }
         for (identity, body) in work.then {
             let contact = self.contact_for(&identity).await?;
             if contact.changed {
@@ -616,11 +650,9 @@ impl Client {
                     .park(&message.group_id, sender, bytes, seq)
                     .await?;
                 let known = self
-                    .profile
-                    .groups()
+                    .known_group(&message.group_id)
                     .await?
-                    .into_iter()
-                    .any(|g| g.id == message.group_id && g.member);
+                    .is_some_and(|g| g.member);
                 if known
                     && self
                         .profile
@@ -652,8 +684,7 @@ impl Client {
             tracing::warn!(seq, "dropped a group message that does not parse");
             return Ok(Opening::Dropped);
         };
-        let groups = self.profile.groups().await?;
-        let Some(group) = groups.into_iter().find(|g| g.id == message.group_id) else {
+        let Some(group) = self.known_group(&message.group_id).await? else {
             // Its group's state may still be on its way.
             return Ok(Opening::Park);
         };
