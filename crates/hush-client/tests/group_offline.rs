@@ -47,7 +47,7 @@ async fn five_members_going_offline_catch_up_in_order() {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             // Online this round about two times in three.
-            if seed % 3 == 0 {
+            if seed.is_multiple_of(3) {
                 continue;
             }
             for e in clients[i].sync().await.unwrap() {
@@ -60,7 +60,7 @@ async fn five_members_going_offline_catch_up_in_order() {
                     _ => {}
                 }
             }
-            if joined[i] && seed % 2 == 0 {
+            if joined[i] && seed.is_multiple_of(2) {
                 sent[i] += 1;
                 let text = format!("{i}:{} (round {round})", sent[i]);
                 clients[i].send_group_text("five", &text).await.unwrap();
