@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use hush_client::Client;
 use hush_client::client::Event;
-use hush_client::{Client, Options, Unlock};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,16 +32,7 @@ fn start_relay() -> Relay {
 }
 
 async fn client(relay: &Relay, name: &str) -> Client {
-    let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).unwrap();
-    Client::init(
-        &temp(name),
-        &relay.address(),
-        pin,
-        Unlock::KeyFile,
-        Options::default(),
-    )
-    .await
-    .unwrap()
+    common::client(relay, name).await
 }
 
 async fn introduce(a: &mut Client, a_name: &str, b: &mut Client, b_name: &str) {

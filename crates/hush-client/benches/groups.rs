@@ -13,12 +13,12 @@
 
 use std::time::{Duration, Instant};
 
-use hush_client::{Client, Event, Options, Unlock};
+use hush_client::{Client, Event};
 use sqlx::{ConnectOptions, Row};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{Relay, temp_dir};
+use common::Relay;
 
 const TEXT_LEN: usize = 100;
 
@@ -63,21 +63,9 @@ async fn stored(relay: &Relay) -> Stored {
 }
 
 async fn clients(relay: &Relay, n: usize) -> Vec<Client> {
-    let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).unwrap();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let home = temp_dir(&format!("groups-bench-{i}"));
-        out.push(
-            Client::init(
-                &home,
-                &relay.address(),
-                pin,
-                Unlock::KeyFile,
-                Options::default(),
-            )
-            .await
-            .unwrap(),
-        );
+        out.push(common::client(relay, &format!("groups-bench-{i}")).await);
     }
     out
 }

@@ -412,25 +412,9 @@ impl Client {
         let identity = IdentityKeyPair::generate(&mut rng);
         let existed = home.join("profile.sqlite").exists();
         let profile = Profile::create(&mut rng, home, &unlock, &identity, relay, &pin).await?;
-        let mut client = Self {
-            profile,
-            identity,
-            relay: addr,
-            pin,
-            rng,
-            inbox: None,
-            outbox: None,
-            options,
-            receipts: BTreeMap::new(),
-            contacts: None,
-            conversations: HashMap::new(),
-            agreements: Agreements::new(),
-            groups: None,
-            fresh: Vec::new(),
-            outbox_clean: true,
-            unsynced_sends: false,
-            unacked: Vec::new(),
-        };
+        let mut client = Self::new(profile, identity, addr, pin, rng, options);
+        // A new profile's outbox is empty.
+        client.outbox_clean = true;
         let registered = async {
             client.new_signed_prekeys().await?;
             client.new_one_time_prekeys().await?;
@@ -466,12 +450,23 @@ impl Client {
         let identity = profile.identity().await?;
         let (relay, pin) = profile.relay().await?;
         let relay = resolve(&relay).await?;
-        Ok(Self {
+        Ok(Self::new(profile, identity, relay, pin, os_rng()?, options))
+    }
+
+    fn new(
+        profile: Profile,
+        identity: IdentityKeyPair,
+        relay: SocketAddr,
+        pin: [u8; 32],
+        rng: ChaCha20Rng,
+        options: Options,
+    ) -> Self {
+        Self {
             profile,
             identity,
             relay,
             pin,
-            rng: os_rng()?,
+            rng,
             inbox: None,
             outbox: None,
             options,
@@ -484,7 +479,7 @@ impl Client {
             outbox_clean: false,
             unsynced_sends: false,
             unacked: Vec::new(),
-        })
+        }
     }
 
     /// This profile's address.
@@ -799,6 +794,22 @@ impl Client {
             .iter()
             .find(|c| c.identity == *identity)
             .cloned())
+    }
+
+    /// The contact with this identity, made (named `unknown-` and ten
+    /// characters of its address) if there is none.
+    async fn contact_for(&mut self, identity: &IdentityKey) -> Result<Contact, ClientError> {
+        if let Some(c) = self.contact_by_identity(identity).await? {
+            return Ok(c);
+        }
+        let address = Address::from(identity).to_string();
+        let name = format!("unknown-{}", &address[4..14.min(address.len())]);
+        let mut tx = self.profile.begin().await?;
+        let added = Profile::put_contact(&mut tx, &name, identity).await;
+        self.forget_contacts();
+        let contact = added?.0;
+        tx.commit().await.map_err(ProfileError::from)?;
+        Ok(contact)
     }
 
     /// Takes a contact's conversation out of the cache (loading it if
@@ -1471,19 +1482,7 @@ impl Client {
             return Ok(Vec::new());
         };
 
-        let contact = match self.contact_by_identity(&opened.sender).await? {
-            Some(c) => c,
-            None => {
-                let address = Address::from(&opened.sender).to_string();
-                let name = format!("unknown-{}", &address[4..14.min(address.len())]);
-                let mut tx = self.profile.begin().await?;
-                let added = Profile::put_contact(&mut tx, &name, &opened.sender).await;
-                self.forget_contacts();
-                let contact = added?.0;
-                tx.commit().await.map_err(ProfileError::from)?;
-                contact
-            }
-        };
+        let contact = self.contact_for(&opened.sender).await?;
         let mut conversation = self.take_conversation(contact.id).await?;
         let mut used_one_time = None;
         let plaintext = match &message {

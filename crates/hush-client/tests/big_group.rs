@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{Relay, temp_dir};
-use hush_client::{Client, Event, Options, Unlock};
+use common::{Relay, client};
+use hush_client::Event;
 
 const MEMBERS: usize = 200;
 
@@ -26,21 +26,9 @@ async fn two_hundred_members_each_read_every_message_once() {
         "big-group",
         "send_burst = 1000000\nsend_refill_micros = 1\nbundle_burst = 100000\nbundle_refill_secs = 1\n",
     );
-    let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).unwrap();
     let mut clients = Vec::with_capacity(MEMBERS);
     for i in 0..MEMBERS {
-        let home = temp_dir(&format!("member-{i}"));
-        clients.push(
-            Client::init(
-                &home,
-                &relay.address(),
-                pin,
-                Unlock::KeyFile,
-                Options::default(),
-            )
-            .await
-            .expect("init"),
-        );
+        clients.push(client(&relay, &format!("member-{i}")).await);
     }
     let addresses: Vec<String> = clients.iter().map(|c| c.address().to_string()).collect();
     let names: Vec<String> = (1..MEMBERS).map(|i| format!("m{i}")).collect();

@@ -5,26 +5,15 @@
 
 mod common;
 
-use common::{Relay, temp_dir};
-use hush_client::{Client, Event, Options, Unlock};
+use common::{Relay, client};
+use hush_client::Event;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_going_offline_catch_up_in_order() {
     let relay = Relay::start("group-offline");
-    let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).unwrap();
     let mut clients = Vec::new();
     for i in 0..5 {
-        clients.push(
-            Client::init(
-                &temp_dir(&format!("offline-{i}")),
-                &relay.address(),
-                pin,
-                Unlock::KeyFile,
-                Options::default(),
-            )
-            .await
-            .unwrap(),
-        );
+        clients.push(client(&relay, &format!("offline-{i}")).await);
     }
     let addresses: Vec<String> = clients.iter().map(|c| c.address().to_string()).collect();
     for (i, c) in clients.iter_mut().enumerate() {

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::{Client, ClientError, DEVICE, Event, Received};
 use crate::content::{Body, Content, GroupId, GroupState, MessageId, SenderKeyBytes};
 use crate::profile::{
-    Contact, Group, Outgoing, Profile, ProfileError, Status, StoredMessage, Writes, now_ms,
+    Group, Outgoing, Profile, ProfileError, Status, StoredMessage, Writes, now_ms,
 };
 
 /// What a group control message changes once it is stored, worked out
@@ -120,22 +120,6 @@ impl Client {
             1 => Ok(found.remove(0)),
             _ => Err(ClientError::AmbiguousGroup(name.to_string())),
         }
-    }
-
-    /// The contact with this identity, made (named from its address) if
-    /// there is none.
-    async fn contact_for(&mut self, identity: &IdentityKey) -> Result<Contact, ClientError> {
-        if let Some(c) = self.contact_by_identity(identity).await? {
-            return Ok(c);
-        }
-        let address = hush_crypto::Address::from(identity).to_string();
-        let name = format!("unknown-{}", &address[4..14.min(address.len())]);
-        let mut tx = self.profile.begin().await?;
-        let added = Profile::put_contact(&mut tx, &name, identity).await;
-        self.forget_contacts();
-        let contact = added?.0;
-        tx.commit().await.map_err(ProfileError::from)?;
-        Ok(contact)
     }
 
     /// Creates a group of this device and the named contacts, with this

@@ -170,6 +170,20 @@ pub fn hush_ok(home: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A new profile on `relay` through the library, in its own directory.
+pub async fn client(relay: &Relay, name: &str) -> hush_client::Client {
+    let pin = hush_relay::client::parse_fingerprint(&relay.fingerprint).expect("pin");
+    hush_client::Client::init(
+        &temp_dir(name),
+        &relay.address(),
+        pin,
+        hush_client::Unlock::KeyFile,
+        hush_client::Options::default(),
+    )
+    .await
+    .expect("init")
+}
+
 /// A new profile on `relay`; returns its address.
 pub fn init(home: &Path, relay: &Relay) -> String {
     hush_ok(
