@@ -382,6 +382,7 @@ struct Round {
 }
 
 /// A contact's sessions and the last counter given to a message to them.
+#[derive(Default)]
 struct Conversation {
     sessions: Sessions,
     send_counter: u64,
@@ -736,19 +737,31 @@ impl Client {
         if address.identity() == self.identity.public() {
             return Err(ClientError::OwnAddress);
         }
+        self.store_contact(name, address.identity()).await
+    }
+
+    /// Stores a contact (new, or a known name's new identity) and keeps
+    /// the caches in step: a new contact starts with an empty
+    /// conversation, a known one's is read again.
+    async fn store_contact(
+        &mut self,
+        name: &str,
+        identity: &IdentityKey,
+    ) -> Result<(Contact, bool), ClientError> {
         let known = self.cached_contacts().await?.iter().any(|c| c.name == name);
         let mut tx = self.profile.begin().await?;
-        let result = Profile::put_contact(&mut tx, name, address.identity()).await;
-        let Ok((contact, changed)) = result else {
-            self.forget_contacts();
-            return result.map_err(ClientError::from);
+        let stored = match Profile::put_contact(&mut tx, name, identity).await {
+            Ok(stored) => tx
+                .commit()
+                .await
+                .map(|()| stored)
+                .map_err(ProfileError::from),
+            Err(e) => Err(e),
         };
-        if let Err(e) = tx.commit().await {
+        let Ok((contact, changed)) = stored else {
             self.forget_contacts();
-            return Err(ProfileError::from(e).into());
-        }
-        // Keep the cache: the contact is new, or the same, or its session
-        // was dropped with the identity change.
+            return stored.map_err(ClientError::from);
+        };
         if let Some(cached) = self.contacts.as_mut() {
             cached.retain(|c| c.id != contact.id);
             cached.push(contact.clone());
@@ -757,13 +770,8 @@ impl Client {
             self.conversations.remove(&contact.id);
         } else {
             // A new contact has no session and was sent nothing yet.
-            self.conversations.insert(
-                contact.id,
-                Conversation {
-                    sessions: Sessions::default(),
-                    send_counter: 0,
-                },
-            );
+            self.conversations
+                .insert(contact.id, Conversation::default());
         }
         Ok((contact, changed))
     }
@@ -804,12 +812,7 @@ impl Client {
         }
         let address = Address::from(identity).to_string();
         let name = format!("unknown-{}", &address[4..14.min(address.len())]);
-        let mut tx = self.profile.begin().await?;
-        let added = Profile::put_contact(&mut tx, &name, identity).await;
-        self.forget_contacts();
-        let contact = added?.0;
-        tx.commit().await.map_err(ProfileError::from)?;
-        Ok(contact)
+        Ok(self.store_contact(&name, identity).await?.0)
     }
 
     /// Takes a contact's conversation out of the cache (loading it if
@@ -1292,7 +1295,7 @@ impl Client {
             };
             if let Some(contact) = name {
                 events.push(Event::Status {
-                    contact: contact.clone(),
+                    contact,
                     id: out.message_id,
                     status,
                 });
@@ -1482,8 +1485,12 @@ impl Client {
             return Ok(Vec::new());
         };
 
-        let contact = self.contact_for(&opened.sender).await?;
-        let mut conversation = self.take_conversation(contact.id).await?;
+        // A sender with no contact yet gets one only if its message opens.
+        let known = self.contact_by_identity(&opened.sender).await?;
+        let mut conversation = match &known {
+            Some(c) => self.take_conversation(c.id).await?,
+            None => Conversation::default(),
+        };
         let mut used_one_time = None;
         let plaintext = match &message {
             SessionMessage::PreKey(pre) if !conversation.sessions.has_base_key(&pre.base_key) => {
@@ -1507,10 +1514,16 @@ impl Client {
             Ok(p) => Zeroizing::new(p),
             Err(e) => {
                 // Nothing changed: the conversation goes back as it was.
-                self.put_conversation(contact.id, conversation);
+                if let Some(c) = &known {
+                    self.put_conversation(c.id, conversation);
+                }
                 tracing::warn!(seq, error = %e, "dropped an envelope that does not decrypt");
                 return Ok(Vec::new());
             }
+        };
+        let contact = match known {
+            Some(c) => c,
+            None => self.contact_for(&opened.sender).await?,
         };
         let content = match Content::try_from(plaintext.as_slice()) {
             Ok(content) => Some(content),
@@ -1547,7 +1560,7 @@ impl Client {
             work.stage(self, &mut writes);
         }
         // Synced to the disk before the relay is told (`acknowledge`).
-        let (events, work) = match self.profile.write_unsynced(writes).await {
+        let (mut events, work) = match self.profile.write_unsynced(writes).await {
             Ok(rows) => {
                 let mut events = match content {
                     Some(content) => Self::applied(&contact, content, seq, &rows)?,
@@ -1572,7 +1585,6 @@ impl Client {
                 self.receipts.entry(m.from.clone()).or_default().push(m.id);
             }
         }
-        let mut events = events;
         if let Some(work) = work {
             // Group messages opened now record their own receipts.
             events.extend(self.group_follow_up(work).await?);

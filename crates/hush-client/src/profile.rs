@@ -676,7 +676,6 @@ impl Profile {
         )
     }
 
-    /// Every stored prekey secret: signed, last-resort, one-time.
     /// The prekey secrets: the signed and last-resort ones, and of the
     /// one-time ones those in `one_time` (all of them if `None`).
     pub async fn prekeys(
