@@ -94,12 +94,13 @@ const MIGRATIONS: &[&[&str]] = &[&[
     // The distribution of this device's chain each member was given
     // (sealed), sent again if it asks.
     "CREATE TABLE given_keys (
-        grp BLOB NOT NULL, member BLOB NOT NULL, distribution BLOB NOT NULL,
+        grp BLOB NOT NULL, member BLOB NOT NULL, key_id INTEGER NOT NULL,
+        distribution BLOB NOT NULL,
         PRIMARY KEY (grp, member))",
     // Group messages waiting for their sender's key (or their group).
     "CREATE TABLE parked (
         id INTEGER PRIMARY KEY, grp BLOB NOT NULL, sender BLOB NOT NULL,
-        message BLOB NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL)",
+        message BLOB NOT NULL, seq INTEGER NOT NULL)",
     "CREATE INDEX parked_by_group ON parked (grp, id)",
     // When this device last asked a member for its key.
     "CREATE TABLE key_requests (
@@ -1345,24 +1346,27 @@ impl Profile {
     }
 
     /// Stages the distribution a member was given of this device's
-    /// chain in a group.
+    /// chain `key_id` in a group.
     pub fn stage_given_key(
         &self,
         rng: &mut impl CryptoRng,
         writes: &mut Writes,
         group: &GroupId,
         member: &IdentityKey,
+        key_id: u32,
         distribution: &[u8],
     ) {
         let sealed = self
             .vault
             .seal(rng, &Self::given_key_purpose(group, member), distribution);
         writes.push(
-            "INSERT INTO given_keys (grp, member, distribution) VALUES (?, ?, ?)
-             ON CONFLICT (grp, member) DO UPDATE SET distribution = excluded.distribution",
+            "INSERT INTO given_keys (grp, member, key_id, distribution) VALUES (?, ?, ?, ?)
+             ON CONFLICT (grp, member) DO UPDATE SET key_id = excluded.key_id,
+               distribution = excluded.distribution",
             [
                 Arg::Blob(group.to_vec()),
                 Arg::Blob(member.as_bytes().to_vec()),
+                Arg::Int(i64::from(key_id)),
                 Arg::Blob(sealed),
             ],
         );
@@ -1396,27 +1400,20 @@ impl Profile {
             .map_err(ProfileError::from)
     }
 
-    /// Every distribution of this device's chain given in a group, by
-    /// member (secret).
-    pub async fn given_keys(
+    /// The members (identity key bytes) given this device's chain
+    /// `key_id` in a group.
+    pub async fn given_current(
         &self,
         group: &GroupId,
-    ) -> Result<Vec<(IdentityKey, Zeroizing<Vec<u8>>)>, ProfileError> {
-        let rows = sqlx::query("SELECT member, distribution FROM given_keys WHERE grp = ?")
+        key_id: u32,
+    ) -> Result<std::collections::HashSet<[u8; 32]>, ProfileError> {
+        let rows = sqlx::query("SELECT member FROM given_keys WHERE grp = ? AND key_id = ?")
             .bind(&group[..])
+            .bind(i64::from(key_id))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| {
-                let member =
-                    IdentityKey::from_bytes(&fixed("member", &r.try_get::<Vec<u8>, _>(0)?)?)
-                        .map_err(|e| ProfileError::Damaged(e.to_string()))?;
-                let sealed: Vec<u8> = r.try_get(1)?;
-                let distribution = self
-                    .vault
-                    .open(&Self::given_key_purpose(group, &member), &sealed)?;
-                Ok((member, distribution))
-            })
+            .map(|r| fixed("member", &r.try_get::<Vec<u8>, _>(0)?))
             .collect()
     }
 
@@ -1432,13 +1429,12 @@ impl Profile {
     ) -> Result<(), ProfileError> {
         let mut writes = Writes::default();
         writes.push(
-            "INSERT INTO parked (grp, sender, message, seq, at_ms) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO parked (grp, sender, message, seq) VALUES (?, ?, ?, ?)",
             [
                 Arg::Blob(group.to_vec()),
                 Arg::Blob(sender.as_bytes().to_vec()),
                 Arg::Blob(message.to_vec()),
                 Arg::Int(i64_of(seq)),
-                Arg::Int(i64_of(now_ms())),
             ],
         );
         writes.push(

@@ -258,12 +258,13 @@ impl Client {
             .stage_messages(&mut self.rng, &mut writes, &[(&stored, None)]);
         Profile::stage_outgoing(&mut writes, &[(0, out.clone())]);
         Profile::stage_group(&mut writes, &group);
-        for (member, distribution) in &given {
+        for (member, key_id, distribution) in &given {
             self.profile.stage_given_key(
                 &mut self.rng,
                 &mut writes,
                 &group.id,
                 member,
+                *key_id,
                 distribution,
             );
         }
@@ -289,21 +290,19 @@ impl Client {
         group: &Group,
         others: &[IdentityKey],
         record: &SenderKeyRecord,
-    ) -> Result<Vec<(IdentityKey, Zeroizing<Vec<u8>>)>, ClientError> {
+    ) -> Result<Vec<(IdentityKey, u32, Zeroizing<Vec<u8>>)>, ClientError> {
         let Some(current) = record.distribution() else {
             return Err(ClientError::Crypto(
                 "no chain of our own in the sender key".into(),
             ));
         };
-        let given = self.profile.given_keys(&group.id).await?;
+        let given = self
+            .profile
+            .given_current(&group.id, current.key_id)
+            .await?;
         let mut out = Vec::new();
         for member in others {
-            let has = given.iter().any(|(m, d)| {
-                m == member
-                    && SenderKeyDistribution::try_from(d.as_slice())
-                        .is_ok_and(|d| d.key_id == current.key_id)
-            });
-            if has {
+            if given.contains(member.as_bytes()) {
                 continue;
             }
             let contact = self.contact_for(member).await?;
@@ -316,7 +315,7 @@ impl Client {
                 vec![Body::SenderKey(SenderKeyBytes(bytes.clone()))],
             )
             .await?;
-            out.push((member.clone(), bytes));
+            out.push((member.clone(), current.key_id, bytes));
         }
         Ok(out)
     }
