@@ -1,0 +1,22 @@
+//! `hush-conformance`: checks an implementation of hush against
+//! `spec/vectors/` and a relay against `spec/relay.md`
+//! (`spec/conformance.md`).
+//!
+//! - `hush-conformance vectors [--dir DIR] [--impl COMMAND...]`: runs every
+//!   vector against hush itself, or against COMMAND speaking the
+//!   JSON-lines protocol on stdin/stdout; one pass/fail line per vector.
+//! - `hush-conformance serve`: hush's own implementation of that protocol.
+//! - `hush-conformance relay ADDR --pin FP`: a scripted session against a
+//!   running relay.
+
+use anyhow::{Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("vectors") | Some("serve") | Some("relay") => bail!("not yet implemented"),
+        _ => bail!(
+            "usage: hush-conformance vectors [--dir DIR] [--impl COMMAND...] | serve | relay ADDR --pin FP"
+        ),
+    }
+}
