@@ -9,12 +9,17 @@
 //! - `hush-conformance relay ADDR --pin FP`: a scripted session against a
 //!   running relay.
 
+mod relay;
+mod vectors;
+
 use anyhow::{Result, bail};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("vectors") | Some("serve") | Some("relay") => bail!("not yet implemented"),
+        Some("vectors") => vectors::main(&args[1..]),
+        Some("serve") => vectors::serve(),
+        Some("relay") => relay::main(&args[1..]),
         _ => bail!(
             "usage: hush-conformance vectors [--dir DIR] [--impl COMMAND...] | serve | relay ADDR --pin FP"
         ),

@@ -1,0 +1,7 @@
+//! Relay conformance (placeholder).
+
+use anyhow::{Result, bail};
+
+pub(crate) fn main(_args: &[String]) -> Result<()> {
+    bail!("not yet implemented")
+}
