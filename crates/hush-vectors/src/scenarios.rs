@@ -15,6 +15,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{VectorFile, VectorRng, error_name};
 
+mod decoding;
+
 type Fields = Result<Map<String, Value>>;
 
 fn h(bytes: impl AsRef<[u8]>) -> Value {
@@ -109,6 +111,29 @@ pub(crate) fn files() -> Vec<VectorFile> {
             spec: "spec/safety-numbers.md",
             description: "Safety numbers and scannable forms for pairs of identities",
             scenarios: vec![("pair_1", 60, safety), ("pair_2", 61, safety)],
+        },
+        VectorFile {
+            file: "decoding.json",
+            spec: "spec/index.md",
+            description: "Truncated and malformed encodings of every wire message, of addresses and of scannable safety numbers, each with the error a decoder must return",
+            scenarios: vec![
+                ("pre_key_bundle", 70, decoding::pre_key_bundle),
+                ("pre_key_message", 71, decoding::pre_key_message),
+                ("ratchet_message", 72, decoding::ratchet_message),
+                ("sender_key_message", 73, decoding::sender_key_message),
+                (
+                    "sender_key_distribution",
+                    74,
+                    decoding::sender_key_distribution,
+                ),
+                ("sealed_envelope", 75, decoding::sealed_envelope),
+                ("address", 76, decoding::address),
+                (
+                    "scannable_safety_number",
+                    77,
+                    decoding::scannable_safety_number,
+                ),
+            ],
         },
     ]
 }

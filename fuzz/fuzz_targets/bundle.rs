@@ -1,0 +1,8 @@
+//! Fuzz target `bundle`: see `hush_harness::TARGETS`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(violation) = hush_harness::check("bundle", data) {
+        panic!("{}", violation.0);
+    }
+});

@@ -1,0 +1,8 @@
+//! Fuzz target `sender_key_message`: see `hush_harness::TARGETS`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    if let Err(violation) = hush_harness::check("sender_key_message", data) {
+        panic!("{}", violation.0);
+    }
+});
