@@ -5,63 +5,43 @@
 //! error, never a panic; and whatever decodes re-encodes to an equal
 //! value. (The fuzz targets in fuzz/ do the same, coverage-guided.)
 
-use hush_crypto::prekey::ExtraPreKey;
-use hush_crypto::{
-    Address, ContentType, IdentityKeyPair, OneTimePreKeyPair, PreKeyBundle, SenderKeyRecord,
-    Session, SessionMessage, SignedPreKeyPair, envelope,
-};
 use proptest::prelude::*;
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
 
-/// Valid encodings of every decodable thing, to mutate (built once).
+/// Valid encodings of every decodable thing, to mutate: the seed inputs
+/// of the decoder fuzz targets (`fuzz/corpus/`, written by
+/// `cargo run -p hush-harness --example seeds`), read once.
 fn samples() -> &'static [Vec<u8>] {
     static SAMPLES: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    SAMPLES.get_or_init(build_samples)
-}
-
-fn build_samples() -> Vec<Vec<u8>> {
-    let mut rng = ChaCha20Rng::from_seed([3; 32]);
-    let alice = IdentityKeyPair::generate(&mut rng);
-    let bob = IdentityKeyPair::generate(&mut rng);
-    let spk = SignedPreKeyPair::generate(&mut rng, &bob, 1);
-    let opk = OneTimePreKeyPair::generate(&mut rng, 2);
-    let bundle = PreKeyBundle {
-        identity: bob.public().clone(),
-        signed_prekey: spk.public(),
-        extra: Some(ExtraPreKey::OneTime(opk.public())),
-    };
-    let mut session = Session::initiate(&mut rng, &alice, &bundle.clone().verify().expect("valid"))
-        .expect("initiates");
-    let SessionMessage::PreKey(first) = session.encrypt(&mut rng, b"hello").expect("encrypts")
-    else {
-        panic!("prekey message expected")
-    };
-    let mut group = SenderKeyRecord::generate(&mut rng, [1; 16]);
-    let group_message = group.encrypt(b"group").expect("encrypts");
-    let sealed = envelope::seal(
-        &mut rng,
-        &alice,
-        1,
-        bob.public(),
-        ContentType::PreKey,
-        &first.to_bytes(),
-    )
-    .expect("seals");
-    vec![
-        bundle.to_bytes(),
-        first.to_bytes(),
-        first.message.to_bytes(),
-        group_message.to_bytes(),
-        group.distribution().expect("own").to_bytes().to_vec(),
-        sealed.to_bytes(),
-        session.to_bytes().to_vec(),
-        group.to_bytes().to_vec(),
-        alice.to_bytes().to_vec(),
-        spk.to_bytes().to_vec(),
-        opk.to_bytes().to_vec(),
-        Address::from(alice.public()).to_string().into_bytes(),
-    ]
+    SAMPLES.get_or_init(|| {
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+        let mut samples = Vec::new();
+        for target in [
+            "address",
+            "bundle",
+            "prekey_message",
+            "ratchet_message",
+            "sender_key_message",
+            "sealed_envelope",
+            "crypto_state",
+        ] {
+            let dir = corpus.join(target);
+            for entry in std::fs::read_dir(&dir).expect("the seed corpus is checked in") {
+                let path = entry.expect("directory entry").path();
+                if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+                {
+                    samples.push(std::fs::read(&path).expect("readable seed"));
+                }
+            }
+        }
+        assert!(
+            samples.len() >= 12,
+            "seed corpus incomplete: {} samples",
+            samples.len()
+        );
+        samples
+    })
 }
 
 fn decode_everything(data: &[u8]) {

@@ -129,6 +129,24 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
+/// TLS 1.3 client settings that accept only the relay certificate whose
+/// SHA-256 is `fingerprint` (still checking the handshake signature with
+/// its key), offering ALPN `hush/1`.
+pub fn pinned_tls(fingerprint: [u8; 32]) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCertificate {
+        fingerprint,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
 /// A client endpoint (one UDP socket) that accepts only the relay
 /// certificate whose SHA-256 is `fingerprint`. Many connections can
 /// share one endpoint.
@@ -139,18 +157,7 @@ pub fn endpoint(fingerprint: [u8; 32], ipv6: bool) -> Result<Endpoint, ClientErr
         SocketAddr::from(([0, 0, 0, 0], 0))
     };
     let err = |reason: String| ClientError::Connect { addr: bind, reason };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedCertificate {
-        fingerprint,
-        provider: provider.clone(),
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| err(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tls = pinned_tls(fingerprint).map_err(|e| err(e.to_string()))?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| err(e.to_string()))?;
     let mut transport = TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(15)));

@@ -20,10 +20,6 @@ use proto::client_frame::Request;
 use proto::relay_frame::Body;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Endpoint, VarInt};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::sync::mpsc;
 
 use super::session::describe;
@@ -40,72 +36,11 @@ const EXPORTER_LABEL: &[u8] = b"EXPORTER-hush-relay-auth";
 /// Signed before the exporter output (hex `687573682d72656c61792d617574682d7631`).
 pub(crate) const AUTH_CONTEXT: &[u8] = b"hush-relay-auth-v1";
 
-/// Accepts only the certificate whose SHA-256 is the pin, and still
-/// verifies the handshake signature with its key (`spec/relay.md`,
-/// "Certificate and pinning"). The pin is public, so it is compared
-/// plainly.
-#[derive(Debug)]
-struct Pinned {
-    pin: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if hush_relay::tls::fingerprint(end_entity.as_ref()) == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Only TLS 1.3 is offered.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// The relay under test: its address and pin, and one client endpoint
 /// (UDP socket) shared by every connection of the session.
 pub(crate) struct Target {
     addr: SocketAddr,
-    pin: String,
+    pin: [u8; 32],
     endpoint: Endpoint,
     /// How long any one wait on the relay may take.
     pub(crate) timeout: Duration,
@@ -122,7 +57,7 @@ impl Target {
         let endpoint = Endpoint::client(bind).context("opening a UDP socket")?;
         Ok(Self {
             addr,
-            pin: hex::encode(pin),
+            pin,
             endpoint,
             timeout,
         })
@@ -130,16 +65,7 @@ impl Target {
 
     /// A QUIC client configuration offering the protocols `alpn`.
     fn config(&self, alpn: &[&[u8]]) -> Result<quinn::ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(Pinned {
-            pin: self.pin.clone(),
-            provider: provider.clone(),
-        });
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+        let mut tls = hush_relay::client::pinned_tls(self.pin)?;
         tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
