@@ -28,12 +28,12 @@ use hush_crypto::{
 use hush_crypto::{Agreements, seal_with};
 use hush_proto::relay as proto;
 use hush_relay::client::{ClientError as RelayError, RelayClient};
-use rand_chacha::ChaCha20Rng;
-use rand_core::{Rng, SeedableRng};
+use rand_core::Rng;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::content::{Body, Content, MessageId, ReceiptKind};
+use crate::rng::ErasingRng;
 
 mod groups;
 use crate::profile::{
@@ -66,8 +66,9 @@ pub enum ClientError {
     /// No contact by that name.
     #[error("no contact named {0:?} (see `hush contact list`)")]
     UnknownContact(String),
-    /// A contact name is empty or has characters that do not print.
-    #[error("contact names are 1 to 64 printable characters")]
+    /// A contact name is empty, has characters that do not print, or
+    /// looks like the name of an unnamed sender.
+    #[error("contact names are 1 to 64 printable characters, not starting with \"unknown-\"")]
     BadContactName,
     /// The text is empty or too long.
     #[error("a message is 1 to {} bytes of text", crate::content::MAX_TEXT)]
@@ -300,11 +301,10 @@ impl PreKeySecrets for Prekeys {
     }
 }
 
-/// A random generator seeded from the operating system.
-fn os_rng() -> Result<ChaCha20Rng, ClientError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    getrandom::fill(seed.as_mut()).map_err(|e| ClientError::Randomness(e.to_string()))?;
-    Ok(ChaCha20Rng::from_seed(*seed))
+/// A random generator seeded from the operating system, whose state
+/// never reveals what it drew before (`crate::rng`).
+fn os_rng() -> Result<ErasingRng, ClientError> {
+    ErasingRng::from_os().map_err(|e| ClientError::Randomness(e.to_string()))
 }
 
 /// Resolves `HOST:PORT`.
@@ -327,7 +327,12 @@ fn meta_u32(bytes: Option<Vec<u8>>) -> u32 {
 /// characters.
 pub fn check_name(name: &str) -> Result<(), ClientError> {
     let n = name.chars().count();
-    if n == 0 || n > 64 || name.chars().any(char::is_control) || name.trim() != name {
+    if n == 0
+        || n > 64
+        || name.chars().any(char::is_control)
+        || name.trim() != name
+        || name.starts_with(crate::profile::UNKNOWN_PREFIX)
+    {
         return Err(ClientError::BadContactName);
     }
     Ok(())
@@ -339,7 +344,7 @@ pub struct Client {
     identity: IdentityKeyPair,
     relay: SocketAddr,
     pin: [u8; 32],
-    rng: ChaCha20Rng,
+    rng: ErasingRng,
     /// Authenticated: receives this device's queue.
     inbox: Option<RelayClient>,
     /// Unauthenticated: sends and bundle fetches.
@@ -459,7 +464,7 @@ impl Client {
         identity: IdentityKeyPair,
         relay: SocketAddr,
         pin: [u8; 32],
-        rng: ChaCha20Rng,
+        rng: ErasingRng,
         options: Options,
     ) -> Self {
         Self {
@@ -748,7 +753,11 @@ impl Client {
         name: &str,
         identity: &IdentityKey,
     ) -> Result<(Contact, bool), ClientError> {
-        let known = self.cached_contacts().await?.iter().any(|c| c.name == name);
+        let known = self
+            .cached_contacts()
+            .await?
+            .iter()
+            .any(|c| c.name == name || c.identity == *identity);
         let mut tx = self.profile.begin().await?;
         let stored = match Profile::put_contact(&mut tx, name, identity).await {
             Ok(stored) => tx
@@ -763,7 +772,14 @@ impl Client {
             return stored.map_err(ClientError::from);
         };
         if let Some(cached) = self.contacts.as_mut() {
-            cached.retain(|c| c.id != contact.id);
+            // A merge deletes the row that had the name.
+            for gone in cached
+                .iter()
+                .filter(|c| c.name == contact.name && c.id != contact.id)
+            {
+                self.conversations.remove(&gone.id);
+            }
+            cached.retain(|c| c.id != contact.id && c.name != contact.name);
             cached.push(contact.clone());
         }
         if known {
@@ -811,7 +827,11 @@ impl Client {
             return Ok(c);
         }
         let address = Address::from(identity).to_string();
-        let name = format!("unknown-{}", &address[4..14.min(address.len())]);
+        let name = format!(
+            "{}{}",
+            crate::profile::UNKNOWN_PREFIX,
+            &address[4..14.min(address.len())]
+        );
         Ok(self.store_contact(&name, identity).await?.0)
     }
 
@@ -1002,7 +1022,7 @@ impl Client {
     ) -> Result<Vec<SealedEnvelope>, ClientError> {
         /// Below this many, a second thread costs more than it saves.
         const PARALLEL_FROM: usize = 64;
-        let seal = |rng: &mut ChaCha20Rng,
+        let seal = |rng: &mut ErasingRng,
                     agreements: &mut Agreements,
                     identity: &IdentityKeyPair,
                     part: &[(ContentType, Vec<u8>)]| {
@@ -1024,7 +1044,7 @@ impl Client {
         let (first, second) = messages.split_at(messages.len() / 2);
         let mut seed = Zeroizing::new([0u8; 32]);
         self.rng.fill_bytes(seed.as_mut());
-        let mut rng = ChaCha20Rng::from_seed(*seed);
+        let mut rng = ErasingRng::from_seed(&seed);
         let mut agreements = self.agreements.clone();
         let identity = &self.identity;
         let (here, there) = std::thread::scope(|scope| {
@@ -1484,6 +1504,19 @@ impl Client {
             tracing::warn!(seq, "dropped an envelope whose message does not parse");
             return Ok(Vec::new());
         };
+        // The envelope authenticates its sender; a prekey message inside
+        // must be that sender's own (`spec/envelope.md`, "Binding the
+        // content to the sender"), or a session with one identity would
+        // be filed under another's contact.
+        if let SessionMessage::PreKey(pre) = &message
+            && pre.identity != opened.sender
+        {
+            tracing::warn!(
+                seq,
+                "dropped a prekey message of another identity than its sender"
+            );
+            return Ok(Vec::new());
+        }
 
         // A sender with no contact yet gets one only if its message opens.
         let known = self.contact_by_identity(&opened.sender).await?;
@@ -1621,7 +1654,7 @@ impl Client {
                     ReceiptKind::Delivered => Status::Delivered,
                     ReceiptKind::Read => Status::Read,
                 };
-                Profile::stage_status(writes, ids, status);
+                Profile::stage_receipt(writes, contact.id, ids, status);
             }
             Body::Typing(_) => {}
             Body::Recall(id) => {

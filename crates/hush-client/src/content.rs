@@ -4,7 +4,7 @@
 use hush_proto::Message as _;
 use hush_proto::client as proto;
 use thiserror::Error;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A message id: 16 random bytes chosen by the sender.
 pub type MessageId = [u8; 16];
@@ -121,7 +121,8 @@ pub struct Content {
 }
 
 impl Content {
-    /// Encodes as a `hush.client.v1.Content`. The result holds the text.
+    /// Encodes as a `hush.client.v1.Content`. The result holds the text
+    /// (and, for a sender key, the chain key: keep it in a `Zeroizing`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let body = match &self.body {
             Body::Text(text) => proto::content::Body::Text(proto::Text { text: text.clone() }),
@@ -152,13 +153,18 @@ impl Content {
                 })
             }
         };
-        proto::Content {
+        let mut content = proto::Content {
             message_id: self.id.to_vec(),
             sent_at_ms: self.sent_at_ms,
             counter: self.counter,
             body: Some(body),
+        };
+        let bytes = content.encode_to_vec();
+        // The copy of a chain key made for encoding is wiped, not just freed.
+        if let Some(proto::content::Body::SenderKey(key)) = content.body.as_mut() {
+            key.distribution.zeroize();
         }
-        .encode_to_vec()
+        bytes
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod content;
 pub mod profile;
+mod rng;
 pub mod vault;
 
 pub use client::{Client, ClientError, Event, Options, Received};

@@ -141,15 +141,55 @@ fn passphrase(prompt: &str) -> Result<Zeroizing<String>> {
         return Ok(Zeroizing::new(p));
     }
     eprint!("{prompt}");
-    let mut line = Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("reading the passphrase")?;
-    let p = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
+    let p = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        read_unechoed().context("reading the passphrase")?
+    } else {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the passphrase")?;
+        Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string())
+    };
     if p.is_empty() {
         bail!("an empty passphrase is not allowed");
     }
     Ok(p)
+}
+
+/// Reads a line from the terminal without showing it (raw mode: nothing
+/// typed is echoed, so the passphrase stays off the screen and out of
+/// the scrollback). Enter ends it; Backspace erases; Esc or Ctrl-C
+/// abandons.
+fn read_unechoed() -> Result<Zeroizing<String>> {
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    use ratatui::crossterm::terminal;
+    terminal::enable_raw_mode()?;
+    // Room enough that typing never moves the text (a move would leave
+    // a copy behind).
+    let mut line = Zeroizing::new(String::with_capacity(1024));
+    let read = loop {
+        match event::read() {
+            Ok(Event::Key(key)) if key.kind != KeyEventKind::Release => match key.code {
+                KeyCode::Enter => break Ok(()),
+                KeyCode::Esc => break Err(anyhow::anyhow!("abandoned")),
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    break Err(anyhow::anyhow!("abandoned"));
+                }
+                KeyCode::Char(c) if line.len() + c.len_utf8() <= line.capacity() => line.push(c),
+                KeyCode::Backspace => {
+                    line.pop();
+                }
+                _ => {}
+            },
+            Ok(_) => {}
+            Err(e) => break Err(e.into()),
+        }
+    };
+    let restored = terminal::disable_raw_mode();
+    eprintln!();
+    read?;
+    restored?;
+    Ok(line)
 }
 
 async fn open(args: &Args, options: Options) -> Result<Client> {

@@ -21,7 +21,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use thiserror::Error;
-use zeroize::Zeroizing;
+use zeroize::{ZeroizeOnDrop, Zeroizing};
 
 use crate::content::{GroupId, MessageId};
 use crate::vault::{Vault, VaultError};
@@ -136,7 +136,14 @@ pub enum ProfileError {
     /// seen); nothing of it was stored.
     #[error("already stored")]
     Duplicate,
+    /// The address is already a contact under another name.
+    #[error("that address is already your contact {0:?}")]
+    AlreadyContact(String),
 }
+
+/// Names of contacts made for senders nobody named (the prefix, then ten
+/// characters of the address); `contact add` gives them a name.
+pub const UNKNOWN_PREFIX: &str = "unknown-";
 
 impl From<sqlx::Error> for ProfileError {
     fn from(e: sqlx::Error) -> Self {
@@ -145,13 +152,35 @@ impl From<sqlx::Error> for ProfileError {
 }
 
 /// How the profile key is kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Unlock {
     /// A random key in `HOME/key`, owner-only.
     KeyFile,
     /// A passphrase (Argon2id).
     Passphrase(Zeroizing<String>),
 }
+
+impl core::fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Unlock::KeyFile => f.write_str("KeyFile"),
+            Unlock::Passphrase(_) => f.write_str("Passphrase(..)"),
+        }
+    }
+}
+
+/// Compile-time proof that a secret field wipes itself on drop: the
+/// [`ZeroizeOnDrop`] markers below are each next to a check of their
+/// type's secret fields (`audit/THREAT_MODEL.md`, "Secrets in memory").
+fn wipes_on_drop<T: ZeroizeOnDrop + ?Sized>(_: &T) {}
+
+/// A passphrase is wiped when the `Unlock` holding it is dropped.
+impl ZeroizeOnDrop for Unlock {}
+const _: fn(&Unlock) = |unlock| {
+    if let Unlock::Passphrase(passphrase) = unlock {
+        wipes_on_drop(passphrase);
+    }
+};
 
 /// Prekey kinds in the `prekeys` table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -318,6 +347,10 @@ pub struct Profile {
     /// exclusive lock, so this process alone numbers messages.
     next_position: AtomicI64,
 }
+
+/// The profile key is wiped when the profile is dropped.
+impl ZeroizeOnDrop for Profile {}
+const _: fn(&Profile) = |profile| wipes_on_drop(&profile.vault);
 
 impl core::fmt::Debug for Profile {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -800,23 +833,86 @@ impl Profile {
 
     /// Adds a contact, or gives a known name a new identity (which marks
     /// it changed and unverified, and drops its session), within `tx`.
+    /// An identity that already wrote unnamed (an [`UNKNOWN_PREFIX`]
+    /// contact) is named, or merged into the named contact; an identity
+    /// that already has a name is refused (`AlreadyContact`).
     pub async fn put_contact(
         tx: &mut Tx<'_>,
         name: &str,
         identity: &IdentityKey,
     ) -> Result<(Contact, bool), ProfileError> {
-        let existing = sqlx::query(
-            "SELECT id, name, identity, verified, changed FROM contacts WHERE name = ?",
-        )
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?
-        .as_ref()
-        .map(Self::contact_from_row)
-        .transpose()?;
-        match existing {
-            Some(c) if c.identity == *identity => Ok((c, false)),
-            Some(c) => {
+        let query = |column: &str| {
+            format!("SELECT id, name, identity, verified, changed FROM contacts WHERE {column} = ?")
+        };
+        let named = sqlx::query(sqlx::AssertSqlSafe(query("name")))
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .as_ref()
+            .map(Self::contact_from_row)
+            .transpose()?;
+        let holder = sqlx::query(sqlx::AssertSqlSafe(query("identity")))
+            .bind(&identity.as_bytes()[..])
+            .fetch_optional(&mut **tx)
+            .await?
+            .as_ref()
+            .map(Self::contact_from_row)
+            .transpose()?;
+        match (named, holder) {
+            (Some(c), _) if c.identity == *identity => Ok((c, false)),
+            (_, Some(h)) if !h.name.starts_with(UNKNOWN_PREFIX) => {
+                Err(ProfileError::AlreadyContact(h.name))
+            }
+            // A sender nobody had named gets its name, with its history
+            // and sessions.
+            (None, Some(h)) => {
+                sqlx::query("UPDATE contacts SET name = ? WHERE id = ?")
+                    .bind(name)
+                    .bind(h.id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok((
+                    Contact {
+                        name: name.to_string(),
+                        ..h
+                    },
+                    false,
+                ))
+            }
+            // A known name moves to the identity that already wrote (a
+            // reinstalled contact): one contact, both histories, the new
+            // identity's sessions, marked changed.
+            (Some(c), Some(h)) => {
+                for statement in [
+                    "UPDATE messages SET contact = ? WHERE contact = ?",
+                    "UPDATE outbox SET contact = ? WHERE contact = ?",
+                ] {
+                    sqlx::query(statement)
+                        .bind(h.id)
+                        .bind(c.id)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                sqlx::query("DELETE FROM contacts WHERE id = ?")
+                    .bind(c.id)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("UPDATE contacts SET name = ?, verified = 0, changed = 1 WHERE id = ?")
+                    .bind(name)
+                    .bind(h.id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok((
+                    Contact {
+                        name: name.to_string(),
+                        verified: false,
+                        changed: true,
+                        ..h
+                    },
+                    true,
+                ))
+            }
+            (Some(c), None) => {
                 sqlx::query("UPDATE contacts SET identity = ?, verified = 0, changed = 1, session = NULL WHERE id = ?")
                     .bind(&identity.as_bytes()[..])
                     .bind(c.id)
@@ -832,7 +928,7 @@ impl Profile {
                     true,
                 ))
             }
-            None => {
+            (None, None) => {
                 let id: i64 = sqlx::query(
                     "INSERT INTO contacts (name, identity, added_at) VALUES (?, ?, ?) RETURNING id",
                 )
@@ -987,6 +1083,31 @@ impl Profile {
             writes.push(
                 &format!(
                     "UPDATE messages SET status = ? WHERE outgoing = 1 AND {condition} AND id IN ({}) RETURNING id",
+                    list(chunk.len())
+                ),
+                args,
+            );
+        }
+    }
+
+    /// Stages what a receipt from `contact` says of outgoing messages:
+    /// their status rises as in [`Self::stage_status`], but only for
+    /// messages sent to that contact, or group messages (whose status is
+    /// the group's: any member's receipt raises it). A contact cannot
+    /// mark what was sent to someone else. The write returns a row with
+    /// the id of each message that changed.
+    pub fn stage_receipt(writes: &mut Writes, contact: i64, ids: &[MessageId], status: Status) {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT * 4) {
+            let mut args = vec![
+                Arg::Int(status as i64),
+                Arg::Int(status as i64),
+                Arg::Int(contact),
+            ];
+            args.extend(chunk.iter().map(|id| Arg::Blob(id.to_vec())));
+            writes.push(
+                &format!(
+                    "UPDATE messages SET status = ? WHERE outgoing = 1 AND (status < ? OR status = 4)
+                     AND (contact = ? OR grp IS NOT NULL) AND id IN ({}) RETURNING id",
                     list(chunk.len())
                 ),
                 args,

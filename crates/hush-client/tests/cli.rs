@@ -135,3 +135,73 @@ fn simultaneous_first_messages_both_arrive_and_the_conversation_goes_on() {
         assert_eq!(hush_ok(&alice, &["sync"]), format!("bob: b{round}\n"));
     }
 }
+
+/// A sender nobody named can be given a name, keeping what it wrote; a
+/// contact that reinstalled and wrote first can get its name back (one
+/// contact, both histories, marked changed); an address that already has
+/// a name is not given a second one.
+#[test]
+fn unnamed_senders_are_named_and_a_reinstalled_contact_is_merged() {
+    let relay = Relay::start("naming");
+    let (alice, bob, carol) = (temp_dir("alice"), temp_dir("bob"), temp_dir("carol"));
+    let alice_address = init(&alice, &relay);
+    let bob_address = init(&bob, &relay);
+    let carol_address = init(&carol, &relay);
+    hush_ok(&carol, &["contact", "add", "alice", &alice_address]);
+    hush_ok(&bob, &["contact", "add", "alice", &alice_address]);
+    hush_ok(&alice, &["contact", "add", "bob", &bob_address]);
+
+    hush_ok(&carol, &["send", "alice", "hi from carol"]);
+    let shown = hush_ok(&alice, &["sync"]);
+    assert!(
+        shown.starts_with("unknown-") && shown.ends_with(": hi from carol\n"),
+        "{shown}"
+    );
+    hush_ok(&alice, &["contact", "add", "carol", &carol_address]);
+    assert_eq!(
+        hush_ok(&alice, &["history", "carol"]),
+        "carol: hi from carol\n"
+    );
+    let again = hush(&alice, &["contact", "add", "dave", &carol_address]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already your contact \"carol\""),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let reserved = hush(&alice, &["contact", "add", "unknown-x", &carol_address]);
+    assert!(!reserved.status.success());
+
+    hush_ok(&bob, &["send", "alice", "before"]);
+    assert_eq!(hush_ok(&alice, &["sync"]), "bob: before\n");
+    // Bob starts over with a new profile, and writes first.
+    let bob_again = temp_dir("bob-again");
+    let new_address = init(&bob_again, &relay);
+    hush_ok(&bob_again, &["contact", "add", "alice", &alice_address]);
+    hush_ok(&bob_again, &["send", "alice", "after reinstall"]);
+    let shown = hush_ok(&alice, &["sync"]);
+    assert!(
+        shown.starts_with("unknown-") && shown.ends_with(": after reinstall\n"),
+        "{shown}"
+    );
+    hush_ok(&alice, &["contact", "add", "bob", &new_address]);
+    assert_eq!(
+        hush_ok(&alice, &["history", "bob"]),
+        "bob: before\nbob: after reinstall\n"
+    );
+    let list = hush_ok(&alice, &["contact", "list"]);
+    assert!(
+        list.contains(&new_address) && !list.contains(&bob_address),
+        "{list}"
+    );
+    assert!(!list.contains("unknown-"), "{list}");
+    // A changed identity is not written to before the user accepts it.
+    assert!(
+        !hush(&alice, &["send", "bob", "welcome back"])
+            .status
+            .success()
+    );
+    hush_ok(&alice, &["verify", "bob", "--accept"]);
+    hush_ok(&alice, &["send", "bob", "welcome back"]);
+    assert_eq!(hush_ok(&bob_again, &["sync"]), "alice: welcome back\n");
+}

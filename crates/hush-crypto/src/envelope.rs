@@ -248,6 +248,15 @@ pub struct Agreements {
     shared: std::collections::HashMap<[u8; 32], crate::secret::SharedSecret>,
 }
 
+/// The cached agreements wipe themselves when the cache is dropped or
+/// emptied.
+impl zeroize::ZeroizeOnDrop for Agreements {}
+const _: fn(&Agreements) = |cache| {
+    for shared in cache.shared.values() {
+        crate::secret::wipes_on_drop(shared);
+    }
+};
+
 impl core::fmt::Debug for Agreements {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Agreements")

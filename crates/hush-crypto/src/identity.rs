@@ -119,6 +119,13 @@ pub struct IdentityKeyPair {
     public: IdentityKey,
 }
 
+/// The seed and the X25519 scalar wipe themselves when the pair is dropped.
+impl zeroize::ZeroizeOnDrop for IdentityKeyPair {}
+const _: fn(&IdentityKeyPair) = |pair| {
+    crate::secret::wipes_on_drop(&pair.signing);
+    crate::secret::wipes_on_drop(&pair.x_secret);
+};
+
 impl core::fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "IdentityKeyPair {{ public: {:?}, .. }}", self.public)

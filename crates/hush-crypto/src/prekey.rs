@@ -219,6 +219,10 @@ pub struct SignedPreKeyPair {
     last_resort: bool,
 }
 
+/// The prekey secret wipes itself when the pair is dropped.
+impl zeroize::ZeroizeOnDrop for SignedPreKeyPair {}
+const _: fn(&SignedPreKeyPair) = |pair| crate::secret::wipes_on_drop(&pair.secret);
+
 impl core::fmt::Debug for SignedPreKeyPair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
@@ -325,6 +329,10 @@ pub struct OneTimePreKeyPair {
     secret: StaticSecret,
     public: [u8; 32],
 }
+
+/// The prekey secret wipes itself when the pair is dropped.
+impl zeroize::ZeroizeOnDrop for OneTimePreKeyPair {}
+const _: fn(&OneTimePreKeyPair) = |pair| crate::secret::wipes_on_drop(&pair.secret);
 
 impl core::fmt::Debug for OneTimePreKeyPair {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -247,6 +247,24 @@ pub struct Session {
     unacknowledged: bool,
 }
 
+/// Every key of a session (root, ratchet secret, chain keys, skipped
+/// message keys) wipes itself when the session is dropped.
+impl zeroize::ZeroizeOnDrop for Session {}
+const _: fn(&Session) = |session| {
+    use crate::secret::wipes_on_drop;
+    wipes_on_drop(&session.root);
+    wipes_on_drop(&session.ratchet.secret);
+    if let Some(chain) = &session.sending {
+        wipes_on_drop(&chain.key);
+    }
+    for receiving in &session.receiving {
+        wipes_on_drop(&receiving.chain.key);
+    }
+    for skipped in &session.skipped {
+        wipes_on_drop(&skipped.key);
+    }
+};
+
 impl core::fmt::Debug for Session {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Session")

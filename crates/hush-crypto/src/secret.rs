@@ -45,9 +45,25 @@ secret32!(
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub(crate) struct Okm<const N: usize>(pub(crate) [u8; N]);
 
+/// Compile-time proof that a field holding secret bytes wipes itself on
+/// drop. A type made of several parts implements the [`ZeroizeOnDrop`]
+/// marker by hand only next to a check that passes each of its secret
+/// fields here, so changing such a field to a type that does not wipe
+/// itself stops the build (`audit/THREAT_MODEL.md`, "Secrets in memory").
+pub(crate) fn wipes_on_drop<T: ZeroizeOnDrop + ?Sized>(_: &T) {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_secret_newtype_wipes_itself_on_drop() {
+        wipes_on_drop(&RootKey([7; 32]));
+        wipes_on_drop(&ChainKey([7; 32]));
+        wipes_on_drop(&MessageKey([7; 32]));
+        wipes_on_drop(&SharedSecret([7; 32]));
+        wipes_on_drop(&Okm([7u8; 44]));
+    }
 
     #[test]
     fn debug_is_redacted() {

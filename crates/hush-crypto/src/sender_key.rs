@@ -71,6 +71,10 @@ pub struct SenderKeyDistribution {
     pub signing_key: IdentityKey,
 }
 
+/// The chain key wipes itself when the distribution is dropped.
+impl zeroize::ZeroizeOnDrop for SenderKeyDistribution {}
+const _: fn(&SenderKeyDistribution) = |d| crate::secret::wipes_on_drop(&d.chain_key);
+
 impl core::fmt::Debug for SenderKeyDistribution {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
@@ -183,6 +187,22 @@ pub struct SenderKeyRecord {
     /// Newest first.
     states: VecDeque<SenderKeyState>,
 }
+
+/// Every chain key, signing seed and skipped message key of the record
+/// wipes itself when the record is dropped.
+impl zeroize::ZeroizeOnDrop for SenderKeyRecord {}
+const _: fn(&SenderKeyRecord) = |record| {
+    use crate::secret::wipes_on_drop;
+    for state in &record.states {
+        wipes_on_drop(&state.chain.key);
+        if let Some(seed) = &state.signing_secret {
+            wipes_on_drop(seed);
+        }
+        for (_, key) in &state.skipped {
+            wipes_on_drop(key);
+        }
+    }
+};
 
 impl core::fmt::Debug for SenderKeyRecord {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
