@@ -23,6 +23,7 @@ fn samples() -> &'static [Vec<u8>] {
             "sender_key_message",
             "sealed_envelope",
             "crypto_state",
+            "device_list",
         ] {
             let dir = corpus.join(target);
             for entry in std::fs::read_dir(&dir).expect("the seed corpus is checked in") {

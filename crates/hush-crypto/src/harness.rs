@@ -461,6 +461,20 @@ pub fn check_address(data: &[u8]) -> Result<(), Violation> {
     Ok(())
 }
 
+/// The `DeviceList` decoder, and verifying what decodes.
+pub fn check_device_list(data: &[u8]) -> Result<(), Violation> {
+    use crate::DeviceList;
+    if let Ok(list) = DeviceList::try_from(data) {
+        let _ = list.verify();
+        same(
+            "device list",
+            DeviceList::try_from(list.to_bytes().as_slice()).ok(),
+            list,
+        )?;
+    }
+    Ok(())
+}
+
 /// Every decoder of hush-crypto on `data` (the checks above): none may
 /// panic, and whatever decodes must re-encode to bytes that decode to the
 /// same value. For the decoder property test.
@@ -471,5 +485,6 @@ pub fn check_decoders(data: &[u8]) -> Result<(), Violation> {
     check_sender_key_messages(data)?;
     check_envelope(data)?;
     check_state(data)?;
+    check_device_list(data)?;
     check_address(data)
 }

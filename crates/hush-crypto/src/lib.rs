@@ -16,12 +16,14 @@
 //! | [`sender_key`] | `spec/sender-keys.md` |
 //! | [`envelope`] | `spec/envelope.md` |
 //! | [`safety`] | `spec/safety-numbers.md` |
+//! | [`devices`] | `spec/devices.md` (multi-device accounts; design) |
 //! | state blobs | `spec/state.md` |
 
 #![warn(missing_docs)]
 
 pub mod address;
 mod chain;
+pub mod devices;
 pub mod envelope;
 mod error;
 #[cfg(any(test, feature = "harness"))]
@@ -38,6 +40,7 @@ mod state;
 pub mod x3dh;
 
 pub use address::Address;
+pub use devices::{Device, DeviceList, DeviceListError};
 pub use envelope::{
     Agreements, ContentType, Opened, SealedBody, SealedEnvelope, seal, seal_many, seal_many_with,
     seal_with,

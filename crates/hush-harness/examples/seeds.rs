@@ -65,6 +65,11 @@ fn main() {
         ],
     );
     write("sealed_envelope", &[sealed.to_bytes()]);
+    let laptop = hush_crypto::Device::consent(&bob, alice.public(), "laptop").expect("consent");
+    let devices = hush_crypto::DeviceList::first(&alice, "phone")
+        .and_then(|list| list.with_device(&alice, laptop))
+        .expect("device list");
+    write("device_list", &[devices.to_bytes()]);
     write(
         "crypto_state",
         &[

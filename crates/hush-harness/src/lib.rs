@@ -61,6 +61,11 @@ pub const TARGETS: &[Target] = &[
         check: crypto::check_envelope,
     },
     Target {
+        name: "device_list",
+        input: "a multi-device account's DeviceList, decoded and verified",
+        check: crypto::check_device_list,
+    },
+    Target {
         name: "crypto_state",
         input: "stored state: sessions, sender-key records, key pairs",
         check: crypto::check_state,

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use crate::{VectorFile, VectorRng, error_name};
 
 mod decoding;
+mod devices;
 
 type Fields = Result<Map<String, Value>>;
 
@@ -134,6 +135,12 @@ pub(crate) fn files() -> Vec<VectorFile> {
                     decoding::scannable_safety_number,
                 ),
             ],
+        },
+        VectorFile {
+            file: "devices.json",
+            spec: "spec/devices.md",
+            description: "A multi-device account's signed device list as its primary links and unlinks devices, and the lists every device must refuse",
+            scenarios: vec![("linked_and_unlinked", 80, devices::linked_and_unlinked)],
         },
     ]
 }

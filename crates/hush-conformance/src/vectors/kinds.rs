@@ -314,6 +314,24 @@ pub(crate) const KINDS: &[Kind] = &[
             ),
         ],
     },
+    Kind {
+        mechanism: "devices",
+        kind: "device_lists",
+        names: &["linked_and_unlinked"],
+        fields: &[
+            ("draws", In),
+            ("primary_seed", In),
+            ("laptop_seed", In),
+            ("desktop_seed", In),
+            ("other_seed", In),
+            ("names", In),
+            ("lists", Out),
+            (
+                "rejections",
+                Each(&Fields(&[("case", In), ("list", In), ("error", Out)])),
+            ),
+        ],
+    },
 ];
 
 /// A vector split into what the implementation is sent and what it must

@@ -15,9 +15,9 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hush_crypto::envelope::{self, ContentType};
 use hush_crypto::prekey::ExtraPreKey;
 use hush_crypto::{
-    Address, DecodeError, DecryptError, IdentityKey, IdentityKeyPair, OneTimePreKeyPair, OpenError,
-    PreKeyBundle, PreKeyMessage, PreKeySecrets, RatchetMessage, SafetyNumber,
-    ScannableSafetyNumber, SealedEnvelope, SenderKeyDistribution, SenderKeyMessage,
+    Address, DecodeError, DecryptError, Device, DeviceList, IdentityKey, IdentityKeyPair,
+    OneTimePreKeyPair, OpenError, PreKeyBundle, PreKeyMessage, PreKeySecrets, RatchetMessage,
+    SafetyNumber, ScannableSafetyNumber, SealedEnvelope, SenderKeyDistribution, SenderKeyMessage,
     SenderKeyRecord, Session, SessionMessage, SignedPreKeyPair, kat,
 };
 use hush_vectors::{VectorRng, error_name};
@@ -75,6 +75,7 @@ fn operation(mechanism: &str, kind: &str) -> Option<Operation> {
         ("envelope", "seal_many") => seal_many,
         ("safety-numbers", "pair") => pair,
         ("decoding", "decode") => decode,
+        ("devices", "device_lists") => device_lists,
         _ => return None,
     })
 }
@@ -644,6 +645,41 @@ fn decode(v: &Value) -> Result<Value> {
         .map(|c| Ok(json!({ "error": decoder(get(c, "input")?)? })))
         .collect::<Result<Vec<_>>>()?;
     Ok(json!({ "cases": cases }))
+}
+
+/// The primary (the first identity drawn) makes its list, links the
+/// second and third identities and unlinks the second; each rejected
+/// list gets its decoding or verification error.
+fn device_lists(v: &Value) -> Result<Value> {
+    let mut rng = VectorRng::replay(draws(v)?);
+    let [primary, laptop, desktop, _other] =
+        std::array::from_fn(|_| IdentityKeyPair::generate(&mut rng));
+    all_drawn(&rng)?;
+    let names = list(v, "names")?
+        .iter()
+        .map(|n| text_of(n, "names"))
+        .collect::<Result<Vec<_>>>()?;
+    let [phone, laptop_name, desktop_name] = names.as_slice() else {
+        bail!("names: three names expected");
+    };
+    let account = primary.public();
+    let v1 = DeviceList::first(&primary, phone)?;
+    let v2 = v1.with_device(&primary, Device::consent(&laptop, account, laptop_name)?)?;
+    let v3 = v2.with_device(&primary, Device::consent(&desktop, account, desktop_name)?)?;
+    let v4 = v3.without_device(&primary, laptop.public())?;
+    let rejections = list(v, "rejections")?
+        .iter()
+        .map(|c| {
+            let bytes = bytes(c, "list")?;
+            let error = match DeviceList::try_from(bytes.as_slice()) {
+                Ok(list) => error_of(list.verify()),
+                Err(e) => json!(error_name(&e)),
+            };
+            Ok(json!({ "error": error }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let lists: Vec<Value> = [v1, v2, v3, v4].iter().map(|l| h(l.to_bytes())).collect();
+    Ok(json!({ "lists": lists, "rejections": rejections }))
 }
 
 /// `null` if `input` decodes as `T`, else the `DecodeError` variant.
