@@ -4,11 +4,13 @@
 
 use hush_proto::wire;
 use prost::Message;
+use rand_core::CryptoRng;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 use crate::error::DecodeError;
 use crate::identity::{IdentityKey, IdentityKeyPair};
-use crate::primitives::fixed;
+use crate::primitives::{fixed, hkdf};
 
 /// The most devices an account has, the primary included.
 pub const MAX_DEVICES: usize = 8;
@@ -250,6 +252,107 @@ impl TryFrom<&[u8]> for DeviceList {
     }
 }
 
+/// Crockford's base32 alphabet.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// Why a typed link code is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LinkCodeError {
+    /// Not 16 symbols (dashes and spaces aside).
+    #[error("a link code has 16 characters (dashes and spaces aside)")]
+    BadLength,
+    /// A character that is not in the code's alphabet.
+    #[error("{0:?} is not a link code character")]
+    BadCharacter(char),
+}
+
+/// The one-time link code of `spec/devices.md`, "Linking": 10 random
+/// bytes, typed as 16 characters of Crockford base32 in groups of four.
+/// It is the secret of the link: never `Copy`, wiped on drop, `Debug`
+/// prints `..`.
+pub struct LinkCode(Zeroizing<[u8; 10]>);
+
+/// The code's bytes wipe themselves when it is dropped.
+impl zeroize::ZeroizeOnDrop for LinkCode {}
+const _: fn(&LinkCode) = |code| crate::secret::wipes_on_drop(&code.0);
+
+impl core::fmt::Debug for LinkCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("LinkCode(..)")
+    }
+}
+
+impl LinkCode {
+    /// A fresh code. Draws 10 bytes.
+    pub fn generate(rng: &mut impl CryptoRng) -> Self {
+        let mut secret = Zeroizing::new([0u8; 10]);
+        rng.fill_bytes(secret.as_mut());
+        Self(secret)
+    }
+
+    /// The code as shown: `7K2M-9QXD-4HAB-R1TE`.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        let mut bits = Zeroizing::new(u128::from_be_bytes({
+            let mut wide = [0u8; 16];
+            wide[6..].copy_from_slice(self.0.as_ref());
+            wide
+        }));
+        let mut symbols = Zeroizing::new([0u8; 16]);
+        for symbol in symbols.iter_mut().rev() {
+            *symbol = CROCKFORD[(*bits & 31) as usize];
+            *bits >>= 5;
+        }
+        let mut text = Zeroizing::new(String::with_capacity(19));
+        for (i, symbol) in symbols.iter().enumerate() {
+            if i > 0 && i % 4 == 0 {
+                text.push('-');
+            }
+            text.push(char::from(*symbol));
+        }
+        text
+    }
+
+    /// Reads a typed code: case does not matter, dashes and spaces are
+    /// ignored, and `I`/`L` read as `1`, `O` as `0` (Crockford).
+    pub fn parse(text: &str) -> Result<Self, LinkCodeError> {
+        let mut bits = Zeroizing::new(0u128);
+        let mut count = 0;
+        for c in text.chars().filter(|c| *c != '-' && !c.is_whitespace()) {
+            let value = match c.to_ascii_uppercase() {
+                'I' | 'L' => 1,
+                'O' => 0,
+                upper => CROCKFORD
+                    .iter()
+                    .position(|s| char::from(*s) == upper)
+                    .ok_or(LinkCodeError::BadCharacter(c))?,
+            };
+            count += 1;
+            if count > 16 {
+                return Err(LinkCodeError::BadLength);
+            }
+            *bits = (*bits << 5) | value as u128;
+        }
+        if count != 16 {
+            return Err(LinkCodeError::BadLength);
+        }
+        let mut secret = Zeroizing::new([0u8; 10]);
+        secret.copy_from_slice(&bits.to_be_bytes()[6..]);
+        Ok(Self(secret))
+    }
+
+    /// The relay mailbox the link meets in:
+    /// `HKDF(salt = none, ikm = code, info = "hush-link-v1 mailbox")`.
+    pub fn mailbox(&self) -> [u8; 32] {
+        hkdf::<32>(None, self.0.as_ref(), &[b"hush-link-v1 mailbox"]).0
+    }
+
+    /// The key the link's messages are sealed with:
+    /// `HKDF(salt = none, ikm = code, info = "hush-link-v1 key")`.
+    pub fn key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(hkdf::<32>(None, self.0.as_ref(), &[b"hush-link-v1 key"]).0)
+    }
+}
+
 fn consent_layout(account: &IdentityKey, device: &IdentityKey) -> Vec<u8> {
     [CONSENT_CONTEXT, account.as_bytes(), device.as_bytes()].concat()
 }
@@ -334,6 +437,42 @@ mod tests {
         assert_eq!(
             Device::consent(&k[2], k[0].public(), ""),
             Err(DeviceListError::BadName)
+        );
+    }
+
+    #[test]
+    fn link_codes_survive_typing() {
+        let mut rng = ChaCha20Rng::from_seed([4; 32]);
+        for _ in 0..200 {
+            let code = LinkCode::generate(&mut rng);
+            let text = code.to_text();
+            assert_eq!(text.len(), 19);
+            assert_eq!(text.matches('-').count(), 3);
+            let typed = text
+                .to_lowercase()
+                .replace('-', " ")
+                .replace('1', "l")
+                .replace('0', "o");
+            let back = LinkCode::parse(&typed).expect("parses");
+            assert_eq!(back.0, code.0);
+            assert_eq!(back.mailbox(), code.mailbox());
+            assert_ne!(code.mailbox(), *code.key());
+        }
+        assert_eq!(
+            LinkCode::parse("7K2M-9QXD-4HAB-R1T").err(),
+            Some(LinkCodeError::BadLength)
+        );
+        assert_eq!(
+            LinkCode::parse("7K2M-9QXD-4HAB-R1TEE").err(),
+            Some(LinkCodeError::BadLength)
+        );
+        assert_eq!(
+            LinkCode::parse("7K2M-9QXD-4HAB-R1TU").err(),
+            Some(LinkCodeError::BadCharacter('U'))
+        );
+        assert_eq!(
+            format!("{:?}", LinkCode::generate(&mut rng)),
+            "LinkCode(..)"
         );
     }
 

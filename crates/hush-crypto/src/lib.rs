@@ -40,7 +40,7 @@ mod state;
 pub mod x3dh;
 
 pub use address::Address;
-pub use devices::{Device, DeviceList, DeviceListError};
+pub use devices::{Device, DeviceList, DeviceListError, LinkCode, LinkCodeError};
 pub use envelope::{
     Agreements, ContentType, Opened, SealedBody, SealedEnvelope, seal, seal_many, seal_many_with,
     seal_with,

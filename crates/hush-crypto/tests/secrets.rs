@@ -57,6 +57,7 @@ fn every_secret_type_wipes_itself_on_drop() {
     wipes_on_drop::<SenderKeyRecord>();
     wipes_on_drop::<SenderKeyDistribution>();
     wipes_on_drop::<Agreements>();
+    wipes_on_drop::<hush_crypto::LinkCode>();
     // What the secret types are built from (their fields' types).
     wipes_on_drop::<ed25519_dalek::SigningKey>();
     wipes_on_drop::<x25519_dalek::StaticSecret>();
@@ -126,6 +127,15 @@ fn debug_shows_no_secret_byte() {
     );
     let record = state::IdentityRecord::decode(alice.to_bytes().as_slice()).unwrap();
     assert_eq!(record.seed, seed, "the record is what was checked");
+
+    // A link code: neither its bytes nor its text.
+    let code = hush_crypto::LinkCode::generate(&mut ChaCha20Rng::from_seed([43; 32]));
+    let text = code.to_text();
+    let shown = format!("{code:?}");
+    assert!(!shown.contains(text.as_str()), "link code text in {shown}");
+    let mut drawn = [0u8; 10];
+    rand_core::Rng::fill_bytes(&mut ChaCha20Rng::from_seed([43; 32]), &mut drawn);
+    assert_hidden(&shown, &drawn, "link code bytes");
 
     // Prekeys.
     let bob = IdentityKeyPair::generate(&mut rng);

@@ -139,8 +139,11 @@ pub(crate) fn files() -> Vec<VectorFile> {
         VectorFile {
             file: "devices.json",
             spec: "spec/devices.md",
-            description: "A multi-device account's signed device list as its primary links and unlinks devices, and the lists every device must refuse",
-            scenarios: vec![("linked_and_unlinked", 80, devices::linked_and_unlinked)],
+            description: "A multi-device account's signed device list as its primary links and unlinks devices, the lists every device must refuse, and a link code with its mailbox, key and typed variants",
+            scenarios: vec![
+                ("linked_and_unlinked", 80, devices::linked_and_unlinked),
+                ("link_code", 81, devices::link_code),
+            ],
         },
     ]
 }

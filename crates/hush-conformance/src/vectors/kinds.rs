@@ -332,6 +332,22 @@ pub(crate) const KINDS: &[Kind] = &[
             ),
         ],
     },
+    Kind {
+        mechanism: "devices",
+        kind: "link_code",
+        names: &["link_code"],
+        fields: &[
+            ("draws", In),
+            ("secret", In),
+            ("code", Out),
+            ("mailbox", Out),
+            ("key", Out),
+            (
+                "cases",
+                Each(&Fields(&[("case", In), ("input", In), ("result", Out)])),
+            ),
+        ],
+    },
 ];
 
 /// A vector split into what the implementation is sent and what it must

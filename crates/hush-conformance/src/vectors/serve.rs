@@ -15,7 +15,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hush_crypto::envelope::{self, ContentType};
 use hush_crypto::prekey::ExtraPreKey;
 use hush_crypto::{
-    Address, DecodeError, DecryptError, Device, DeviceList, IdentityKey, IdentityKeyPair,
+    Address, DecodeError, DecryptError, Device, DeviceList, IdentityKey, IdentityKeyPair, LinkCode,
     OneTimePreKeyPair, OpenError, PreKeyBundle, PreKeyMessage, PreKeySecrets, RatchetMessage,
     SafetyNumber, ScannableSafetyNumber, SealedEnvelope, SenderKeyDistribution, SenderKeyMessage,
     SenderKeyRecord, Session, SessionMessage, SignedPreKeyPair, kat,
@@ -76,6 +76,7 @@ fn operation(mechanism: &str, kind: &str) -> Option<Operation> {
         ("safety-numbers", "pair") => pair,
         ("decoding", "decode") => decode,
         ("devices", "device_lists") => device_lists,
+        ("devices", "link_code") => link_code,
         _ => return None,
     })
 }
@@ -680,6 +681,30 @@ fn device_lists(v: &Value) -> Result<Value> {
         .collect::<Result<Vec<_>>>()?;
     let lists: Vec<Value> = [v1, v2, v3, v4].iter().map(|l| h(l.to_bytes())).collect();
     Ok(json!({ "lists": lists, "rejections": rejections }))
+}
+
+/// A link code from its drawn bytes: its text, mailbox and key; each
+/// typed input parsed to its mailbox, or its `LinkCodeError`.
+fn link_code(v: &Value) -> Result<Value> {
+    let mut rng = VectorRng::replay(draws(v)?);
+    let code = LinkCode::generate(&mut rng);
+    all_drawn(&rng)?;
+    let cases = list(v, "cases")?
+        .iter()
+        .map(|c| {
+            let result = match LinkCode::parse(text(c, "input")?) {
+                Ok(parsed) => json!({ "mailbox": h(parsed.mailbox()) }),
+                Err(e) => json!({ "error": error_name(&e) }),
+            };
+            Ok(json!({ "result": result }))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({
+        "code": code.to_text().as_str(),
+        "mailbox": h(code.mailbox()),
+        "key": h(*code.key()),
+        "cases": cases,
+    }))
 }
 
 /// `null` if `input` decodes as `T`, else the `DecodeError` variant.

@@ -4,7 +4,7 @@
 
 use anyhow::ensure;
 use hush_crypto::devices::MAX_DEVICES;
-use hush_crypto::{Device, DeviceList, IdentityKeyPair};
+use hush_crypto::{Device, DeviceList, IdentityKeyPair, LinkCode};
 use serde_json::{Value, json};
 
 use super::{Fields, fields, h, last_draw};
@@ -88,5 +88,40 @@ pub(super) fn linked_and_unlinked(rng: &mut VectorRng) -> Fields {
         "names": names,
         "lists": lists,
         "rejections": cases,
+    })))
+}
+
+/// Draws a link code's 10 bytes: its text, its mailbox and key, and how
+/// typed variants read.
+pub(super) fn link_code(rng: &mut VectorRng) -> Fields {
+    let code = LinkCode::generate(rng);
+    let secret = rng.draws().last().cloned().unwrap_or_default();
+    let text = code.to_text().to_string();
+    let typed = text.to_lowercase().replace('-', " ");
+    let confusable = text.replace('1', "L").replace('0', "O");
+    let inputs = [
+        ("as_shown", text.clone()),
+        ("lower_case_with_spaces", typed),
+        ("confusables", confusable),
+        ("too_short", text[..text.len() - 1].to_string()),
+        ("too_long", format!("{text}0")),
+        ("bad_character", format!("{}U", &text[..text.len() - 1])),
+    ];
+    let cases: Vec<Value> = inputs
+        .iter()
+        .map(|(case, input)| {
+            let result = match LinkCode::parse(input) {
+                Ok(parsed) => json!({"mailbox": h(parsed.mailbox())}),
+                Err(e) => json!({"error": error_name(&e)}),
+            };
+            json!({"case": case, "input": input, "result": result})
+        })
+        .collect();
+    Ok(fields(json!({
+        "secret": h(secret),
+        "code": text,
+        "mailbox": h(code.mailbox()),
+        "key": h(*code.key()),
+        "cases": cases,
     })))
 }
