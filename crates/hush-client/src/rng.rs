@@ -2,9 +2,10 @@
 //!
 //! ChaCha20, seeded from the operating system, with two rules:
 //!
-//! - **Erasure:** after every draw the key is replaced by 32 bytes of its
-//!   own stream ("fast key erasure"), so the state never says anything
-//!   about what was drawn before. A plain `ChaCha20Rng` keeps its seed
+//! - **Erasure:** each block of output replaces the key with its first
+//!   32 bytes and keeps the rest as a pool that draws take from, wiping
+//!   what they take ("fast key erasure"), so the state never says
+//!   anything about what was drawn before. A plain `ChaCha20Rng` keeps its seed
 //!   for life and can be wound back (`get_seed`, `set_word_pos`): whoever
 //!   read a long-running client's memory once could recompute every
 //!   ephemeral key, ratchet secret and envelope secret it ever drew,
@@ -27,10 +28,19 @@ use zeroize::Zeroizing;
 /// Draws of this many bytes or more get fresh operating-system entropy.
 const KEY_DRAW: usize = 32;
 
-/// A ChaCha20 generator whose key is replaced after every draw, and
-/// mixed with fresh entropy before every key-sized draw.
+/// Output made at each rekey beyond the next key, handed out to draws.
+const POOL: usize = 224;
+
+/// A ChaCha20 generator with fast key erasure: each block of output
+/// makes the next key (its first 32 bytes) and a pool of output that
+/// draws take from, wiping what they take; a key-sized draw first mixes
+/// fresh entropy into the key.
 pub(crate) struct ErasingRng {
     inner: ChaCha20Rng,
+    /// Output not handed out yet: the last `left` bytes (the bytes
+    /// before them are zero).
+    pool: Zeroizing<[u8; POOL]>,
+    left: usize,
 }
 
 impl core::fmt::Debug for ErasingRng {
@@ -49,23 +59,34 @@ impl ErasingRng {
 
     /// A generator seeded with `seed` (secret).
     pub(crate) fn from_seed(seed: &[u8; 32]) -> Self {
-        Self {
+        let mut rng = Self {
             inner: ChaCha20Rng::from_seed(*seed),
-        }
+            pool: Zeroizing::new([0u8; POOL]),
+            left: 0,
+        };
+        rng.rekey(None);
+        rng
     }
 
-    /// Replaces the key (and drops the buffered output) with 32 bytes of
-    /// the current stream, xor `fresh` if given, overwriting the old
-    /// state in place.
+    /// Replaces the key, in place, with 32 bytes of the current stream
+    /// (xor `fresh` if given, after which the key is replaced once more
+    /// so the pool comes from after the fresh entropy), and refills the
+    /// pool from the same block.
     fn rekey(&mut self, fresh: Option<&[u8; 32]>) {
         let mut seed = Zeroizing::new([0u8; 32]);
-        self.inner.fill_bytes(seed.as_mut());
         if let Some(fresh) = fresh {
+            self.inner.fill_bytes(seed.as_mut());
             for (s, f) in seed.iter_mut().zip(fresh) {
                 *s ^= f;
             }
+            self.inner = ChaCha20Rng::from_seed(*seed);
         }
+        let mut block = Zeroizing::new([0u8; 32 + POOL]);
+        self.inner.fill_bytes(block.as_mut());
+        seed.copy_from_slice(&block[..32]);
         self.inner = ChaCha20Rng::from_seed(*seed);
+        self.pool.copy_from_slice(&block[32..]);
+        self.left = POOL;
     }
 
     /// Mixes 32 bytes from the operating system into the key. If the
@@ -78,29 +99,42 @@ impl ErasingRng {
             self.rekey(Some(&fresh));
         }
     }
+
+    /// Fills `dst` from the pool, wiping what it hands out.
+    fn take(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(POOL) {
+            if self.left < chunk.len() {
+                self.rekey(None);
+            }
+            let start = POOL - self.left;
+            let taken = &mut self.pool[start..start + chunk.len()];
+            chunk.copy_from_slice(taken);
+            taken.fill(0);
+            self.left -= chunk.len();
+        }
+    }
 }
 
 impl TryRng for ErasingRng {
     type Error = Infallible;
 
     fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let value = self.inner.next_u32();
-        self.rekey(None);
-        Ok(value)
+        let mut bytes = [0u8; 4];
+        self.take(&mut bytes);
+        Ok(u32::from_le_bytes(bytes))
     }
 
     fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let value = self.inner.next_u64();
-        self.rekey(None);
-        Ok(value)
+        let mut bytes = [0u8; 8];
+        self.take(&mut bytes);
+        Ok(u64::from_le_bytes(bytes))
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
         if dst.len() >= KEY_DRAW {
             self.refresh();
         }
-        self.inner.fill_bytes(dst);
-        self.rekey(None);
+        self.take(dst);
         Ok(())
     }
 }
@@ -156,6 +190,7 @@ mod tests {
             let stream = stream_of(rng.inner.get_seed());
             for earlier in drawn.iter().filter(|d| d.len() >= 8) {
                 assert!(!contains(&stream, earlier), "an earlier draw is replayable");
+                assert!(!contains(&rng.pool[..], earlier), "an earlier draw is kept");
             }
         }
         let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
