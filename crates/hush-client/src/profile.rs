@@ -841,23 +841,18 @@ impl Profile {
         name: &str,
         identity: &IdentityKey,
     ) -> Result<(Contact, bool), ProfileError> {
-        let query = |column: &str| {
-            format!("SELECT id, name, identity, verified, changed FROM contacts WHERE {column} = ?")
-        };
-        let named = sqlx::query(sqlx::AssertSqlSafe(query("name")))
-            .bind(name)
-            .fetch_optional(&mut **tx)
-            .await?
-            .as_ref()
-            .map(Self::contact_from_row)
-            .transpose()?;
-        let holder = sqlx::query(sqlx::AssertSqlSafe(query("identity")))
-            .bind(&identity.as_bytes()[..])
-            .fetch_optional(&mut **tx)
-            .await?
-            .as_ref()
-            .map(Self::contact_from_row)
-            .transpose()?;
+        let found = sqlx::query(
+            "SELECT id, name, identity, verified, changed FROM contacts WHERE name = ? OR identity = ?",
+        )
+        .bind(name)
+        .bind(&identity.as_bytes()[..])
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(Self::contact_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let named = found.iter().find(|c| c.name == name).cloned();
+        let holder = found.iter().find(|c| c.identity == *identity).cloned();
         match (named, holder) {
             (Some(c), _) if c.identity == *identity => Ok((c, false)),
             (_, Some(h)) if !h.name.starts_with(UNKNOWN_PREFIX) => {
