@@ -18,6 +18,31 @@ mod scenarios;
 
 pub use rng::VectorRng;
 
+use hush_crypto::{OneTimePreKeyPair, PreKeySecrets, SignedPreKeyPair};
+
+/// A responder's prekey secrets, as the X3DH and ratchet vectors set
+/// them up (also used by the conformance kit's implementation).
+pub struct PreKeys {
+    /// The signed prekey.
+    pub signed: SignedPreKeyPair,
+    /// The last-resort prekey.
+    pub last_resort: SignedPreKeyPair,
+    /// The one-time prekey, if the vector has one.
+    pub one_time: Option<OneTimePreKeyPair>,
+}
+
+impl PreKeySecrets for PreKeys {
+    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.signed.id() == id).then_some(&self.signed)
+    }
+    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
+        (self.last_resort.id() == id).then_some(&self.last_resort)
+    }
+    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
+        self.one_time.as_ref().filter(|k| k.id() == id)
+    }
+}
+
 /// A scenario: runs against the RNG and returns the vector's fields.
 pub type Scenario = fn(&mut VectorRng) -> Result<Map<String, Value>>;
 

@@ -6,14 +6,14 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hush_crypto::envelope::{self, ContentType, SealedEnvelope};
 use hush_crypto::prekey::ExtraPreKey;
 use hush_crypto::{
-    Address, IdentityKeyPair, OneTimePreKeyPair, PreKeyBundle, PreKeyMessage, PreKeySecrets,
-    RatchetMessage, SafetyNumber, SenderKeyDistribution, SenderKeyMessage, SenderKeyRecord,
-    Session, SessionMessage, SignedPreKeyPair, kat,
+    Address, IdentityKeyPair, OneTimePreKeyPair, PreKeyBundle, PreKeyMessage, RatchetMessage,
+    SafetyNumber, SenderKeyDistribution, SenderKeyMessage, SenderKeyRecord, Session,
+    SessionMessage, SignedPreKeyPair, kat,
 };
 use rand_core::Rng;
 use serde_json::{Map, Value, json};
 
-use crate::{VectorFile, VectorRng, error_name};
+use crate::{PreKeys, VectorFile, VectorRng, error_name};
 
 mod decoding;
 mod devices;
@@ -247,25 +247,6 @@ fn address_errors(rng: &mut VectorRng) -> Fields {
     Ok(fields(json!({"cases": results})))
 }
 
-/// The responder's prekey secrets.
-struct Keys {
-    signed: SignedPreKeyPair,
-    last_resort: SignedPreKeyPair,
-    one_time: Option<OneTimePreKeyPair>,
-}
-
-impl PreKeySecrets for Keys {
-    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
-        (self.signed.id() == id).then_some(&self.signed)
-    }
-    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
-        (self.last_resort.id() == id).then_some(&self.last_resort)
-    }
-    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
-        self.one_time.as_ref().filter(|k| k.id() == id)
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Extra {
     OneTime,
@@ -276,7 +257,7 @@ enum Extra {
 struct Setup {
     alice: IdentityKeyPair,
     bob: IdentityKeyPair,
-    keys: Keys,
+    keys: PreKeys,
     bundle: PreKeyBundle,
     secrets: Vec<[u8; 32]>,
 }
@@ -306,7 +287,7 @@ fn setup(rng: &mut VectorRng, extra: Extra) -> Result<Setup> {
     Ok(Setup {
         alice,
         bob,
-        keys: Keys {
+        keys: PreKeys {
             signed,
             last_resort,
             one_time: Some(one_time),
@@ -464,7 +445,7 @@ fn x3dh_rejections(rng: &mut VectorRng) -> Fields {
     let SessionMessage::PreKey(message) = alice.encrypt(rng, b"x")? else {
         return Err(anyhow!("not a prekey message"));
     };
-    let mut respond = |name: &str, m: &PreKeyMessage, keys: &Keys| -> Result<()> {
+    let mut respond = |name: &str, m: &PreKeyMessage, keys: &PreKeys| -> Result<()> {
         let err = Session::respond(&s.bob, keys, m)
             .err()
             .ok_or_else(|| anyhow!("{name} accepted"))?;

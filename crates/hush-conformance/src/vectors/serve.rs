@@ -16,11 +16,11 @@ use hush_crypto::envelope::{self, ContentType};
 use hush_crypto::prekey::ExtraPreKey;
 use hush_crypto::{
     Address, DecodeError, DecryptError, Device, DeviceList, IdentityKey, IdentityKeyPair, LinkCode,
-    OneTimePreKeyPair, OpenError, PreKeyBundle, PreKeyMessage, PreKeySecrets, RatchetMessage,
-    SafetyNumber, ScannableSafetyNumber, SealedEnvelope, SenderKeyDistribution, SenderKeyMessage,
+    OneTimePreKeyPair, OpenError, PreKeyBundle, PreKeyMessage, RatchetMessage, SafetyNumber,
+    ScannableSafetyNumber, SealedEnvelope, SenderKeyDistribution, SenderKeyMessage,
     SenderKeyRecord, Session, SessionMessage, SignedPreKeyPair, kat,
 };
-use hush_vectors::{VectorRng, error_name};
+use hush_vectors::{PreKeys, VectorRng, error_name};
 use serde_json::{Value, json};
 
 /// Answers requests from stdin, one line each, until stdin closes.
@@ -243,25 +243,6 @@ fn address_parse(v: &Value) -> Result<Value> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(json!({ "cases": cases }))
-}
-
-/// Bob's prekey secrets.
-struct PreKeys {
-    signed: SignedPreKeyPair,
-    last_resort: SignedPreKeyPair,
-    one_time: Option<OneTimePreKeyPair>,
-}
-
-impl PreKeySecrets for PreKeys {
-    fn signed_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
-        (self.signed.id() == id).then_some(&self.signed)
-    }
-    fn last_resort_prekey(&self, id: u32) -> Option<&SignedPreKeyPair> {
-        (self.last_resort.id() == id).then_some(&self.last_resort)
-    }
-    fn one_time_prekey(&self, id: u32) -> Option<&OneTimePreKeyPair> {
-        self.one_time.as_ref().filter(|k| k.id() == id)
-    }
 }
 
 /// Both parties of `x3dh.json` and `ratchet.json`.
