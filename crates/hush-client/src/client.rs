@@ -1213,6 +1213,7 @@ impl Client {
                                             slot: slot.to_vec(),
                                         })
                                         .collect(),
+                                    expected: Vec::new(),
                                 },
                             ))
                             .await

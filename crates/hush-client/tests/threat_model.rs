@@ -272,7 +272,10 @@ async fn a_replayed_or_altered_envelope_shows_nothing() {
             id[0] = 0xee;
             id[1] = round as u8;
             id[2] = n as u8;
-            sender.send(id, body, &[(bob_key, slot)]).await.unwrap();
+            sender
+                .send(id, body, &[(bob_key, slot)], &[])
+                .await
+                .unwrap();
         }
         let events = bob.sync().await.unwrap();
         assert!(texts(&events).is_empty(), "round {round}: {events:?}");
@@ -466,6 +469,7 @@ async fn a_first_message_must_come_from_the_identity_that_made_it() {
                 id,
                 envelope.body.to_bytes(),
                 &[(*bob_public.as_bytes(), envelope.slot)],
+                &[],
             )
             .await
             .unwrap();
@@ -770,7 +774,7 @@ async fn group_members_cannot_overreach_and_removed_ones_read_nothing_after() {
         .map(|r| *r.as_bytes())
         .zip(slots)
         .collect();
-    sender.send(id, body.to_bytes(), &to).await.unwrap();
+    sender.send(id, body.to_bytes(), &to, &[]).await.unwrap();
     assert!(texts(&alice.sync().await.unwrap()).is_empty());
     assert!(texts(&bob.sync().await.unwrap()).is_empty());
 }

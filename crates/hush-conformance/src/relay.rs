@@ -13,6 +13,7 @@
 //! why`), then a summary; any FAIL makes the exit status non-zero.
 
 mod auth;
+mod devices;
 mod limits;
 mod net;
 mod queue;
@@ -292,6 +293,12 @@ async fn run(options: Options) -> Result<usize> {
         check!(s, "ack.redelivery", queue::ack_redelivery);
         check!(s, "ack.limit", queue::ack_limit);
         check!(s, "takeover", queue::takeover);
+
+        check!(s, "devices.publish", devices::publish_and_fetch);
+        check!(s, "devices.refused", devices::refused);
+        check!(s, "devices.stale", devices::stale);
+        check!(s, "devices.revoke", devices::revoke);
+        check!(s, "devices.unregister", devices::unregister);
 
         check!(s, "limits.page_size", limits::page_size);
         check!(s, "limits.page_bytes", limits::page_bytes);

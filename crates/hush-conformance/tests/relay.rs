@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -27,7 +27,7 @@ const SKIPPED_AT_DEFAULTS: [&str; 4] = [
 ];
 
 /// Every check the checker runs.
-const CHECKS: usize = 63;
+const CHECKS: usize = 68;
 
 /// A relay configuration low enough for every check to run.
 const LOW_LIMITS: &str = "\
@@ -73,27 +73,29 @@ fn free_udp_port() -> u16 {
         .expect("free port")
 }
 
-static BUILD: Mutex<()> = Mutex::new(());
+static BUILD: OnceLock<PathBuf> = OnceLock::new();
 
-/// The `hush-relay` binary of this build, next to `hush-conformance`
-/// (built first if this test run did not build it).
+/// The `hush-relay` binary of this build, next to `hush-conformance`,
+/// brought up to date once per test run (a binary left by an earlier
+/// build may be stale: `cargo test -p hush-conformance` does not build
+/// another package's binaries).
 fn relay_binary() -> PathBuf {
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = Path::new(BIN).parent().expect("target directory");
-    let bin = dir.join("hush-relay");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "hush-relay", "--bin", "hush-relay"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        assert!(
-            build.status().expect("runs cargo build").success(),
-            "building hush-relay failed"
-        );
-    }
-    bin
+    BUILD
+        .get_or_init(|| {
+            let dir = Path::new(BIN).parent().expect("target directory");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "hush-relay", "--bin", "hush-relay"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            assert!(
+                build.status().expect("runs cargo build").success(),
+                "building hush-relay failed"
+            );
+            dir.join("hush-relay")
+        })
+        .clone()
 }
 
 /// A `hush-relay` process on loopback with its own data directory.

@@ -133,7 +133,10 @@ impl DeviceList {
             .ok_or(DeviceListError::VersionExhausted)
     }
 
-    fn signed(
+    /// A list of `devices` (the primary first) at `version`, signed by
+    /// the primary. [`Self::with_device`] and [`Self::without_device`]
+    /// are the usual way; this one is for tests and restores.
+    pub fn signed(
         primary: &IdentityKeyPair,
         version: u64,
         devices: Vec<Device>,

@@ -194,24 +194,50 @@ fn main() {
     // and an unknown device); take the push; page with ack; ack; sweep.
     write(
         "relay_actions",
-        &[[
-            [0, 0, 0],
-            [1, 0, 3],
-            [0, 1, 0],
-            [1, 1, 2],
-            [7, 0, 0],
-            [2, 0, 0],
-            [3, 0, 0],
-            [4, 3, 20],
-            [4, 0x83, 0],
-            [4, 0x13, 4],
-            [6, 0, 0],
-            [7, 0x81, 2],
-            [8, 1, 0xff],
-            [9, 0, 200],
-            [10, 0, 0],
-        ]
-        .concat()],
+        &[
+            [
+                [0, 0, 0],
+                [1, 0, 3],
+                [0, 1, 0],
+                [1, 1, 2],
+                [7, 0, 0],
+                [2, 0, 0],
+                [3, 0, 0],
+                [4, 3, 20],
+                [4, 0x83, 0],
+                [4, 0x13, 4],
+                [6, 0, 0],
+                [7, 0x81, 2],
+                [8, 1, 0xff],
+                [9, 0, 200],
+                [10, 0, 0],
+            ]
+            .concat(),
+            // Devices 1 and 2 linked to device 0's account (version 1);
+            // sends expecting the right devices, then a stale set; the list
+            // fetched by a device of it; device 2 unlinked (version 2), its
+            // reconnection refused; a resend of the list, a forged one; an
+            // unregistration.
+            [
+                [0, 0, 0],
+                [0, 1, 0],
+                [0, 2, 0],
+                [1, 0, 2],
+                [1, 1, 2],
+                [1, 2, 2],
+                [7, 2, 0],
+                [12, 1, 0x26],
+                [4, 0x27, 10],
+                [4, 0x23, 10],
+                [13, 1, 0],
+                [12, 0, 0x22],
+                [0, 2, 0],
+                [12, 0, 0x12],
+                [12, 0, 0xe2],
+                [14, 1, 0],
+            ]
+            .concat(),
+        ],
     );
 }
 

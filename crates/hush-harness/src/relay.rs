@@ -6,9 +6,13 @@
 //! (taking over an earlier connection), register prekeys, fetch bundles,
 //! count prekeys, send to any set of devices (resending earlier message
 //! ids), take pushes, page (acknowledging a prefix or not), ack, let time
-//! pass and sweep, reopen the store as after a restart, and raw frames
-//! decoded from the input on an unauthenticated connection. Every answer
-//! must be exactly the one the model predicts, so:
+//! pass and sweep, reopen the store as after a restart, publish device
+//! lists for the first device's account (linking and revoking the
+//! others, with stale, forged and rolled-back versions), fetch them,
+//! unregister, and raw frames decoded from the input on an
+//! unauthenticated connection. Sends state the devices they expect of
+//! an account. Every answer must be exactly the one the model predicts,
+//! so:
 //!
 //! - nothing acknowledged to a sender is lost: every page and push is
 //!   the model's queue (same seq, body, slot, expiry), in order, with no
@@ -18,22 +22,26 @@
 //! - quotas hold (`QUOTA` exactly when a queue would go over, naming
 //!   exactly the full queues), resends are not enqueued twice, and
 //!   unknown recipients and bad requests get their documented errors;
+//! - a send whose expected devices differ from the account's list stores
+//!   nothing and names exactly what is missing and removed; a revoked
+//!   device loses its queue and connection and never comes back;
 //! - the store's totals (devices, bodies, envelopes, bytes, prekeys)
 //!   match the model after the run.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hush_crypto::devices::{Device, DeviceList, MAX_DEVICES};
 use hush_crypto::harness::Violation;
 use hush_crypto::{IdentityKeyPair, SignedPreKeyPair};
 use hush_proto::relay as proto;
 use hush_proto::wire;
 use hush_relay::relay::{AUTH_CONTEXT, Connection, Event, Limits, Relay};
 use hush_relay::store::sqlite::SqliteStore;
-use hush_relay::store::{QueueLimits, Store};
+use hush_relay::store::{QueueLimits, Store, StoredList};
 use prost::Message;
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
@@ -88,6 +96,9 @@ pub enum Step {
         len: u16,
         /// Which earlier message id to reuse, if any.
         resend: Option<usize>,
+        /// Bit 0: expect the recipients among devices 0 to 3 as account
+        /// 0's devices; bit 1: expect device 3 alone as its account.
+        expect: u8,
     },
     /// The device takes what was pushed to it.
     Drain(usize),
@@ -109,6 +120,29 @@ pub enum Step {
     Reopen,
     /// Raw bytes as a frame, on an unauthenticated connection.
     Raw(Vec<u8>),
+    /// The device publishes a device list of account 0: device 0 and
+    /// the devices 1 to 3 in the bit mask, at the stored version plus
+    /// `delta` minus 1; `forged` spoils its signature.
+    Publish {
+        /// Which device's connection publishes.
+        by: usize,
+        /// Devices 1 to 3, bits 1 to 3.
+        mask: u8,
+        /// 0 to 3.
+        delta: u8,
+        /// The signature does not verify.
+        forged: bool,
+    },
+    /// The device (or, if it is not connected, anyone) fetches the device
+    /// list of the account of device `account`.
+    FetchDevices {
+        /// Who asks.
+        by: usize,
+        /// Whose account.
+        account: usize,
+    },
+    /// The device deletes its registration and queue.
+    Unregister(usize),
 }
 
 impl Step {
@@ -119,7 +153,7 @@ impl Step {
         while let Some((c, rest)) = data.split_first_chunk::<3>() {
             data = rest;
             let d = usize::from(c[1]) % DEVICES;
-            steps.push(match c[0] % 12 {
+            steps.push(match c[0] % 16 {
                 0 => Step::Connect(d),
                 1 => Step::Register(d, c[2] % 8),
                 2 => Step::Fetch(d),
@@ -128,6 +162,7 @@ impl Step {
                     to: c[1] & 0x1f,
                     len: u16::from(c[2]) * 2,
                     resend: (c[1] & 0x80 != 0).then_some(usize::from(c[2])),
+                    expect: (c[1] >> 5) & 3,
                 },
                 6 => Step::Drain(d),
                 7 => Step::Page {
@@ -138,6 +173,17 @@ impl Step {
                 8 => Step::Ack(d, c[2]),
                 9 => Step::Tick(c[2]),
                 10 if c[2] == 0 => Step::Reopen,
+                12 => Step::Publish {
+                    by: d,
+                    mask: c[2] & 0x0e,
+                    delta: (c[2] >> 4) & 3,
+                    forged: c[2] & 0xc0 == 0xc0,
+                },
+                13 => Step::FetchDevices {
+                    by: d,
+                    account: usize::from(c[2]) % DEVICES,
+                },
+                14 => Step::Unregister(d),
                 _ => {
                     let (raw, rest) = data.split_at(usize::from(c[2]).min(data.len()));
                     data = rest;
@@ -213,6 +259,12 @@ struct Model {
     /// Every one-time prekey ever handed out, by device and id.
     handed_out: HashMap<([u8; 32], u32), Vec<u8>>,
     sends: usize,
+    /// Stored device lists by account.
+    lists: HashMap<[u8; 32], StoredList>,
+    revoked: HashSet<[u8; 32]>,
+    /// The day each registered device last authenticated (0: not since
+    /// it registered).
+    last_seen: HashMap<[u8; 32], u64>,
 }
 
 impl Model {
@@ -247,6 +299,9 @@ impl Model {
             }
             seen.push(&r.device_key);
         }
+        if !expected_is_valid(&s.expected, limits.max_recipients) {
+            return error_body(proto::ErrorCode::Malformed);
+        }
         let sent = |duplicate| {
             Body::Sent(proto::Sent {
                 message_id: s.message_id.clone(),
@@ -255,6 +310,44 @@ impl Model {
         };
         if self.recorded.contains_key(&s.message_id) {
             return sent(true);
+        }
+        let mut missing = Vec::new();
+        let mut removed = Vec::new();
+        let mut stale = Vec::new();
+        for e in &s.expected {
+            let alone = vec![<[u8; 32]>::try_from(e.account.as_slice()).unwrap_or([0; 32])];
+            let listed = self
+                .lists
+                .get(e.account.as_slice())
+                .map_or(&alone, |l| &l.devices);
+            let m: Vec<Vec<u8>> = listed
+                .iter()
+                .filter(|d| !e.devices.iter().any(|x| x == *d))
+                .map(|d| d.to_vec())
+                .collect();
+            let r: Vec<Vec<u8>> = e
+                .devices
+                .iter()
+                .filter(|x| !listed.iter().any(|d| d == x.as_slice()))
+                .cloned()
+                .collect();
+            if !m.is_empty() || !r.is_empty() {
+                missing.extend(m.iter().cloned());
+                removed.extend(r.iter().cloned());
+                stale.push(proto::StaleDevices {
+                    account: e.account.clone(),
+                    missing: m,
+                    removed: r,
+                });
+            }
+        }
+        if !stale.is_empty() {
+            return Body::Error(proto::Error {
+                code: proto::ErrorCode::StaleDevices as i32,
+                message: String::new(),
+                device_keys: [missing, removed].concat(),
+                stale,
+            });
         }
         let keys: Vec<[u8; 32]> = s
             .recipients
@@ -367,6 +460,144 @@ impl Model {
         self.recorded.retain(|_, expires_at| *expires_at > now);
         swept
     }
+
+    /// Deletes a device's registration, prekeys and queue; returns how
+    /// many envelopes were waiting.
+    fn remove_device(&mut self, key: &[u8; 32]) -> u64 {
+        let queued = self.queued(key);
+        self.devices.remove(key);
+        self.queues.remove(key);
+        self.history.remove(key);
+        self.last_seq.remove(key);
+        self.last_seen.remove(key);
+        queued
+    }
+
+    /// The answer to a device list publication from a connection
+    /// authenticated as `by` (or none), and its effect.
+    fn publish(&mut self, by: Option<[u8; 32]>, p: &proto::PublishDevices) -> Body {
+        let Some(by) = by else {
+            return error_body(proto::ErrorCode::Unauthenticated);
+        };
+        let Some(list) = &p.list else {
+            return error_body(proto::ErrorCode::Malformed);
+        };
+        let encoded = list.encode_to_vec();
+        let Ok(parsed) = DeviceList::try_from(encoded.as_slice()) else {
+            return error_body(proto::ErrorCode::Malformed);
+        };
+        match parsed.verify() {
+            Ok(()) => {}
+            Err(
+                hush_crypto::devices::DeviceListError::BadSignature
+                | hush_crypto::devices::DeviceListError::BadConsent,
+            ) => return error_body(proto::ErrorCode::BadSignature),
+            Err(_) => return error_body(proto::ErrorCode::Malformed),
+        }
+        if parsed.version == 0 {
+            return error_body(proto::ErrorCode::Malformed);
+        }
+        let devices: Vec<[u8; 32]> = parsed.devices.iter().map(|d| *d.key.as_bytes()).collect();
+        if !devices.contains(&by) {
+            return error_body(proto::ErrorCode::Unauthenticated);
+        }
+        let named: Vec<Vec<u8>> = devices
+            .iter()
+            .filter(|d| self.revoked.contains(*d))
+            .map(|d| d.to_vec())
+            .collect();
+        if !named.is_empty() {
+            return error_with(proto::ErrorCode::Revoked, named);
+        }
+        let account = *parsed.account.as_bytes();
+        let before = match self.lists.get(&account) {
+            Some(stored) if stored.version >= parsed.version => {
+                return if stored.version == parsed.version && stored.encoded == encoded {
+                    Body::Published(proto::Published {
+                        version: stored.version,
+                        revoked: Vec::new(),
+                    })
+                } else {
+                    error_body(proto::ErrorCode::OldVersion)
+                };
+            }
+            Some(stored) => stored.devices.clone(),
+            None => vec![account],
+        };
+        let dropped: Vec<[u8; 32]> = before
+            .into_iter()
+            .filter(|d| !devices.contains(d))
+            .collect();
+        for d in &dropped {
+            self.remove_device(d);
+            self.revoked.insert(*d);
+        }
+        self.lists.insert(
+            account,
+            StoredList {
+                account,
+                version: parsed.version,
+                devices,
+                encoded,
+            },
+        );
+        Body::Published(proto::Published {
+            version: parsed.version,
+            revoked: dropped.iter().map(|d| d.to_vec()).collect(),
+        })
+    }
+
+    /// The answer to a device list fetch from a connection authenticated
+    /// as `by` (or none).
+    fn fetch_devices(&self, by: Option<[u8; 32]>, f: &proto::FetchDevices) -> Body {
+        if f.account.len() != 32 {
+            return error_body(proto::ErrorCode::Malformed);
+        }
+        let Some(StoredList {
+            devices, encoded, ..
+        }) = self.lists.get(f.account.as_slice())
+        else {
+            return error_body(proto::ErrorCode::UnknownDevice);
+        };
+        let status = match by {
+            Some(by) if devices.contains(&by) => devices
+                .iter()
+                .map(|d| proto::DeviceStatus {
+                    device_key: d.to_vec(),
+                    last_seen_day: self.last_seen.get(d).copied().unwrap_or(0),
+                    queued: self.queued(d),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Body::Devices(proto::Devices {
+            list: wire::DeviceList::decode(encoded.as_slice()).ok(),
+            status,
+        })
+    }
+}
+
+/// The relay's rules for a send's `expected` (`spec/relay.md`).
+fn expected_is_valid(expected: &[proto::ExpectedDevices], max_accounts: usize) -> bool {
+    let mut accounts: Vec<&[u8]> = Vec::new();
+    for e in expected {
+        if e.account.len() != 32
+            || accounts.contains(&e.account.as_slice())
+            || e.devices.is_empty()
+            || e.devices.len() > MAX_DEVICES
+        {
+            return false;
+        }
+        accounts.push(&e.account);
+        let mut devices: Vec<&[u8]> = Vec::new();
+        for d in &e.devices {
+            if d.len() != 32 || devices.contains(&d.as_slice()) {
+                return false;
+            }
+            devices.push(d);
+        }
+    }
+    expected.len() <= max_accounts
 }
 
 fn envelope(seq: u64, e: &Entry) -> proto::Envelope {
@@ -387,6 +618,7 @@ fn error_with(code: proto::ErrorCode, device_keys: Vec<Vec<u8>>) -> Body {
         code: code as i32,
         message: String::new(),
         device_keys,
+        stale: Vec::new(),
     })
 }
 
@@ -507,7 +739,12 @@ impl Run {
                     .await?;
                 expect("prekey count", Some(got), &want)
             }
-            Step::Send { to, len, resend } => {
+            Step::Send {
+                to,
+                len,
+                resend,
+                expect,
+            } => {
                 let message_id = match resend.filter(|_| !self.message_ids.is_empty()) {
                     Some(i) => self.message_ids[i % self.message_ids.len()].clone(),
                     None => {
@@ -524,10 +761,27 @@ impl Run {
                     })
                     .collect();
                 let body = (0..*len).map(|i| (i as u8) ^ message_id[15]).collect();
+                let mut expected = Vec::new();
+                if expect & 1 != 0 {
+                    expected.push(proto::ExpectedDevices {
+                        account: device_key(0).to_vec(),
+                        devices: (0..DEVICES)
+                            .filter(|d| to & (1 << d) != 0)
+                            .map(|d| device_key(d).to_vec())
+                            .collect(),
+                    });
+                }
+                if expect & 2 != 0 {
+                    expected.push(proto::ExpectedDevices {
+                        account: device_key(3).to_vec(),
+                        devices: vec![device_key(3).to_vec()],
+                    });
+                }
                 self.send(proto::Send {
                     message_id,
                     body,
                     recipients,
+                    expected,
                 })
                 .await
             }
@@ -545,7 +799,98 @@ impl Run {
             // Run by `check_relay_actions`, which owns the run.
             Step::Reopen => Ok(()),
             Step::Raw(bytes) => self.raw(bytes).await,
+            Step::Publish {
+                by,
+                mask,
+                delta,
+                forged,
+            } => self.publish(*by, *mask, *delta, *forged).await,
+            Step::FetchDevices { by, account } => {
+                let request = proto::FetchDevices {
+                    account: device_key(*account).to_vec(),
+                };
+                let asker = self.online.contains_key(by).then(|| device_key(*by));
+                let want = self.model.fetch_devices(asker, &request);
+                let got = self.call(Some(*by), Request::FetchDevices(request)).await?;
+                expect("fetch devices", Some(got), &want)
+            }
+            Step::Unregister(d) => {
+                let key = device_key(*d);
+                let want = if self.online.contains_key(d) {
+                    Body::Unregistered(proto::Unregistered {
+                        deleted: self.model.remove_device(&key),
+                    })
+                } else {
+                    error_body(proto::ErrorCode::Unauthenticated)
+                };
+                let got = self
+                    .call(Some(*d), Request::Unregister(proto::Unregister {}))
+                    .await?;
+                // The connection is no longer the device's.
+                self.online.remove(d);
+                expect("unregister", Some(got), &want)
+            }
         }
+    }
+
+    /// Publishes a device list of account 0 from device `by`; revoked
+    /// devices' connections must be told.
+    async fn publish(
+        &mut self,
+        by: usize,
+        mask: u8,
+        delta: u8,
+        forged: bool,
+    ) -> Result<(), Violation> {
+        let account = &keys()[0].identity;
+        let devices: Vec<Device> = (0..DEVICES)
+            .filter(|d| *d == 0 || mask & (1 << d) != 0)
+            .map(|d| Device::consent(&keys()[d].identity, account.public(), &format!("d{d}")))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Violation(format!("consent: {e}")))?;
+        let stored = self
+            .model
+            .lists
+            .get(&device_key(0))
+            .map_or(0, |l| l.version);
+        let version = (stored + u64::from(delta)).saturating_sub(1);
+        let mut list = DeviceList::signed(account, version, devices)
+            .map_err(|e| Violation(format!("list: {e}")))?;
+        if forged {
+            list.signature[0] ^= 1;
+        }
+        let request = proto::PublishDevices {
+            list: wire::DeviceList::decode(list.to_bytes().as_slice()).ok(),
+        };
+        let asker = self.online.contains_key(&by).then(|| device_key(by));
+        let want = self.model.publish(asker, &request);
+        let got = self
+            .call(Some(by), Request::PublishDevices(request))
+            .await?;
+        expect("publish devices", Some(got), &want)?;
+        let Body::Published(p) = want else {
+            return Ok(());
+        };
+        for d in 0..DEVICES {
+            if !p.revoked.contains(&device_key(d).to_vec()) {
+                continue;
+            }
+            let Some(mut online) = self.online.remove(&d) else {
+                continue;
+            };
+            loop {
+                match poll(online.conn.next_event()).await {
+                    Some(Event::Revoked) => break,
+                    Some(Event::Notified(_) | Event::Resync) => {}
+                    other => {
+                        return Err(Violation(format!(
+                            "device {d} revoked, its connection got {other:?}"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The relay restarts on the same database: connections are gone,
@@ -599,8 +944,22 @@ impl Run {
                 }),
             )
             .await?;
+        let key = device_key(d);
+        if self.model.revoked.contains(&key) {
+            self.online.remove(&d);
+            return expect(
+                "authenticate",
+                Some(got),
+                &error_body(proto::ErrorCode::Revoked),
+            );
+        }
+        if self.model.devices.contains_key(&key) {
+            let day = self.unix_now / 86_400;
+            let seen = self.model.last_seen.entry(key).or_insert(0);
+            *seen = (*seen).max(day);
+        }
         let want = Body::Authenticated(proto::Authenticated {
-            queued: self.model.queued(&device_key(d)),
+            queued: self.model.queued(&key),
         });
         expect("authenticate", Some(got), &want)?;
         if let Some(mut previous) = previous {
@@ -609,7 +968,7 @@ impl Run {
                 match poll(previous.conn.next_event()).await {
                     Some(Event::TakenOver) => break,
                     Some(Event::Notified(_) | Event::Resync) => {}
-                    None => {
+                    Some(Event::Revoked) | None => {
                         return Err(Violation("the connection taken over was not told".into()));
                     }
                 }
@@ -632,6 +991,7 @@ impl Run {
         } else if one_time.len() > self.limits.max_one_time_prekeys {
             error_body(proto::ErrorCode::TooManyPrekeys)
         } else {
+            self.model.last_seen.entry(key).or_insert(0);
             let stock = self.model.devices.entry(key).or_default();
             if !one_time.is_empty() {
                 *stock = one_time
@@ -665,8 +1025,10 @@ impl Run {
                 None => return Ok(()),
                 Some(Event::Notified(n)) => self.relay.deliver(&mut online.conn, n).await,
                 Some(Event::Resync) => self.relay.resync(&mut online.conn).await,
-                Some(Event::TakenOver) => {
-                    return Err(Violation("taken over with no second connection".into()));
+                Some(Event::TakenOver | Event::Revoked) => {
+                    return Err(Violation(
+                        "closed with no second connection and no revocation".into(),
+                    ));
                 }
             };
             for frame in frames {
@@ -772,6 +1134,7 @@ impl Run {
             (_, 0) | (None, _) => Some(error_body(proto::ErrorCode::Malformed)),
             (Some(Request::Send(s)), _) => Some(self.model.send(s, self.unix_now, &self.limits)),
             (Some(Request::FetchBundle(f)), _) => Some(self.model.fetch(f)?),
+            (Some(Request::FetchDevices(f)), _) => Some(self.model.fetch_devices(None, f)),
             (Some(Request::Authenticate(_)), _) => None,
             (Some(_), _) => Some(error_body(proto::ErrorCode::Unauthenticated)),
         };
@@ -795,8 +1158,14 @@ impl Run {
     }
 
     /// After the run: every device's whole queue, paged to the end, is
-    /// the model's, and the store's totals match.
+    /// the model's, account 0's list is the model's, and the store's
+    /// totals match.
     async fn finish(&mut self) -> Result<(), Violation> {
+        self.step(&Step::FetchDevices {
+            by: DEVICES,
+            account: 0,
+        })
+        .await?;
         for d in 0..=DEVICES {
             if d < DEVICES {
                 self.connect(d).await?;

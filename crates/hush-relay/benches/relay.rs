@@ -179,6 +179,11 @@ fn send(id: u64, body: Vec<u8>, to: &IdentityKeyPair) -> Request {
             device_key: to.public().as_bytes().to_vec(),
             slot: vec![1; 48],
         }],
+        // As a client sends: the recipient account's devices (one).
+        expected: vec![proto::ExpectedDevices {
+            account: to.public().as_bytes().to_vec(),
+            devices: vec![to.public().as_bytes().to_vec()],
+        }],
     })
 }
 
@@ -507,7 +512,9 @@ async fn memory() {
 /// devices, each device acking what it got every millisecond.
 async fn store(devices: usize) {
     use hush_relay::store::sqlite::SqliteStore;
-    use hush_relay::store::{Enqueued, NewEnvelope, PrekeyUpload, QueueLimits, SignedKey, Store};
+    use hush_relay::store::{
+        Enqueued, Expected, NewEnvelope, PrekeyUpload, QueueLimits, SignedKey, Store,
+    };
     let dir =
         std::env::temp_dir().join(format!("hush-bench-store-{}-{devices}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -601,6 +608,10 @@ async fn store(devices: usize) {
                 body: body.clone(),
                 recipients: vec![(keys[d], [1; 48])],
                 expires_at: u64::MAX >> 2,
+                expected: vec![Expected {
+                    account: keys[d],
+                    devices: vec![keys[d]],
+                }],
             };
             let (store, committed) = (store.clone(), committed.clone());
             inflight.push(async move {

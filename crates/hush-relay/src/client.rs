@@ -454,13 +454,16 @@ impl RelayClient {
         self.timeout = timeout;
     }
 
-    /// Sends a sealed body to recipient devices with their slots. Returns
-    /// whether the relay had already stored this message id (a resend).
+    /// Sends a sealed body to recipient devices with their slots, stating
+    /// the devices it believes recipient accounts have (may be empty).
+    /// Returns whether the relay had already stored this message id (a
+    /// resend).
     pub async fn send(
         &self,
         message_id: [u8; 16],
         body: Vec<u8>,
         recipients: &[([u8; 32], [u8; 48])],
+        expected: &[([u8; 32], Vec<[u8; 32]>)],
     ) -> Result<bool, ClientError> {
         let request = Request::Send(proto::Send {
             message_id: message_id.to_vec(),
@@ -472,9 +475,67 @@ impl RelayClient {
                     slot: slot.to_vec(),
                 })
                 .collect(),
+            expected: expected
+                .iter()
+                .map(|(account, devices)| proto::ExpectedDevices {
+                    account: account.to_vec(),
+                    devices: devices.iter().map(|d| d.to_vec()).collect(),
+                })
+                .collect(),
         });
         match self.request(request).await? {
             Body::Sent(s) => Ok(s.duplicate),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Publishes the account's signed device list (from one of its
+    /// devices, authenticated). Returns the devices it revoked.
+    pub async fn publish_devices(
+        &self,
+        list: &hush_crypto::devices::DeviceList,
+    ) -> Result<Vec<[u8; 32]>, ClientError> {
+        let list =
+            <hush_proto::wire::DeviceList as prost::Message>::decode(list.to_bytes().as_slice())
+                .map_err(|_| ClientError::Unexpected)?;
+        match self
+            .request(Request::PublishDevices(proto::PublishDevices {
+                list: Some(list),
+            }))
+            .await?
+        {
+            Body::Published(p) => p
+                .revoked
+                .iter()
+                .map(|d| <[u8; 32]>::try_from(d.as_slice()).map_err(|_| ClientError::Unexpected))
+                .collect(),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Fetches an account's device list as stored (unverified: the
+    /// caller verifies it), with its devices' status when this
+    /// connection is one of them.
+    pub async fn fetch_devices(&self, account: [u8; 32]) -> Result<proto::Devices, ClientError> {
+        match self
+            .request(Request::FetchDevices(proto::FetchDevices {
+                account: account.to_vec(),
+            }))
+            .await?
+        {
+            Body::Devices(d) => Ok(d),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Deletes this device's registration, prekeys and queue at the
+    /// relay; returns how many envelopes were waiting.
+    pub async fn unregister(&self) -> Result<u64, ClientError> {
+        match self
+            .request(Request::Unregister(proto::Unregister {}))
+            .await?
+        {
+            Body::Unregistered(u) => Ok(u.deleted),
             _ => Err(ClientError::Unexpected),
         }
     }

@@ -124,6 +124,18 @@ pub async fn render<S: Store>(relay: &Relay<S>) -> String {
     );
     counter(
         &mut out,
+        "hush_relay_stale_rejections_total",
+        "Sends refused because the sender's device lists were stale.",
+        c.stale_rejections.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hush_relay_revoked_devices_total",
+        "Devices revoked by device lists published here.",
+        c.revoked_devices.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "hush_relay_rate_limited_total",
         "Requests refused by rate limits.",
         c.rate_limited.load(Ordering::Relaxed),

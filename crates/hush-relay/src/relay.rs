@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hush_crypto::devices::{DeviceList, DeviceListError, MAX_DEVICES};
 use hush_crypto::prekey::ExtraPreKey;
 use hush_crypto::{IdentityKey, OneTimePreKey, PreKeyBundle, SignedPreKey};
 use hush_proto::relay as proto;
@@ -14,8 +15,9 @@ use hush_proto::wire;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
-    CommitListener, Committed, DeviceKey, Enqueued, MessageId, NewEnvelope, PrekeyUpload,
-    QueueLimits, SignedKey, Slot, Store, StoreError, StoredEnvelope,
+    AccountKey, CommitListener, Committed, DeviceKey, Enqueued, Expected, MessageId, NewEnvelope,
+    PrekeyUpload, Published, QueueLimits, Seen, SignedKey, Slot, Store, StoreError, StoredEnvelope,
+    StoredList,
 };
 
 /// Domain separation for the device auth signature.
@@ -202,7 +204,14 @@ struct Online {
     buffered: Arc<AtomicUsize>,
     /// Set when a notification could not be buffered: resync from store.
     overflowed: Arc<AtomicBool>,
-    takeover: Option<oneshot::Sender<()>>,
+    takeover: Option<oneshot::Sender<Ended>>,
+}
+
+/// Why a device's connection is closed from outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    TakenOver,
+    Revoked,
 }
 
 /// The devices connected now. Told by the store after every commit (and
@@ -271,11 +280,21 @@ impl CommitListener for Registry {
     }
 
     fn taken_over(&self, device: &DeviceKey) {
+        self.end(device, Ended::TakenOver);
+    }
+
+    fn revoked(&self, device: &DeviceKey) {
+        self.end(device, Ended::Revoked);
+    }
+}
+
+impl Registry {
+    fn end(&self, device: &DeviceKey, why: Ended) {
         if let Ok(mut online) = self.online.lock()
             && let Some(mut o) = online.remove(device)
             && let Some(tx) = o.takeover.take()
         {
-            let _ = tx.send(());
+            let _ = tx.send(why);
         }
     }
 }
@@ -291,6 +310,10 @@ pub struct Counters {
     pub acks: AtomicU64,
     /// Sends rejected for quota.
     pub quota_rejections: AtomicU64,
+    /// Sends rejected because the sender's device lists were stale.
+    pub stale_rejections: AtomicU64,
+    /// Devices revoked by device lists published here.
+    pub revoked_devices: AtomicU64,
     /// Envelopes swept by expiry.
     pub expired: AtomicU64,
     /// Requests rejected by rate limits.
@@ -333,7 +356,7 @@ pub struct Connection {
     resync: bool,
     /// A gap fill failed: try again at this time.
     retry_at: Option<tokio::time::Instant>,
-    takeover: Option<oneshot::Receiver<()>>,
+    takeover: Option<oneshot::Receiver<Ended>>,
     bundles: Bucket,
     sends: Bucket,
 }
@@ -367,16 +390,21 @@ impl Connection {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let ended = tokio::select! {
             n = rx.recv() => match n {
-                Some(n) => Event::Notified(n),
-                None => Event::TakenOver,
+                Some(n) => return Event::Notified(n),
+                None => None,
             },
-            _ = takeover => Event::TakenOver,
+            why = takeover => why.ok(),
             () = due => {
                 self.retry_at = None;
-                Event::Resync
+                return Event::Resync;
             }
+        };
+        // A closed channel: the registry dropped it after saying why.
+        match ended.or_else(|| self.takeover.as_mut()?.try_recv().ok()) {
+            Some(Ended::Revoked) => Event::Revoked,
+            _ => Event::TakenOver,
         }
     }
 }
@@ -388,17 +416,29 @@ pub enum Event {
     Notified(Notification),
     /// Another connection authenticated as this device.
     TakenOver,
+    /// The device was dropped from its account's device list.
+    Revoked,
     /// A gap fill stopped at a page boundary: call [`Relay::resync`].
     Resync,
 }
 
 fn error(request_id: u64, code: proto::ErrorCode, message: impl Into<String>) -> proto::RelayFrame {
+    error_with(request_id, code, message, Vec::new())
+}
+
+fn error_with(
+    request_id: u64,
+    code: proto::ErrorCode,
+    message: impl Into<String>,
+    devices: Vec<DeviceKey>,
+) -> proto::RelayFrame {
     proto::RelayFrame {
         request_id,
         body: Some(proto::relay_frame::Body::Error(proto::Error {
             code: code as i32,
             message: message.into(),
-            device_keys: Vec::new(),
+            device_keys: devices.iter().map(|d| d.to_vec()).collect(),
+            stale: Vec::new(),
         })),
     }
 }
@@ -420,22 +460,49 @@ fn reply(request_id: u64, body: proto::relay_frame::Body) -> proto::RelayFrame {
 
 fn store_error(request_id: u64, e: StoreError) -> proto::RelayFrame {
     match e {
-        StoreError::UnknownDevices(devices) => proto::RelayFrame {
+        StoreError::UnknownDevices(devices) => error_with(
             request_id,
-            body: Some(proto::relay_frame::Body::Error(proto::Error {
-                code: proto::ErrorCode::UnknownDevice as i32,
-                message: "unknown recipient device".into(),
-                device_keys: devices.iter().map(|d| d.to_vec()).collect(),
-            })),
-        },
-        StoreError::Quota(devices) => proto::RelayFrame {
+            proto::ErrorCode::UnknownDevice,
+            "unknown recipient device",
+            devices,
+        ),
+        StoreError::Quota(devices) => error_with(
             request_id,
-            body: Some(proto::relay_frame::Body::Error(proto::Error {
-                code: proto::ErrorCode::Quota as i32,
-                message: "recipient queue over quota".into(),
-                device_keys: devices.iter().map(|d| d.to_vec()).collect(),
-            })),
-        },
+            proto::ErrorCode::Quota,
+            "recipient queue over quota",
+            devices,
+        ),
+        StoreError::StaleDevices(stale) => {
+            let keys = |f: fn(&crate::store::Stale) -> &Vec<DeviceKey>| {
+                stale
+                    .iter()
+                    .flat_map(move |s| f(s).iter().map(|d| d.to_vec()))
+                    .collect::<Vec<_>>()
+            };
+            let device_keys = [keys(|s| &s.missing), keys(|s| &s.removed)].concat();
+            proto::RelayFrame {
+                request_id,
+                body: Some(proto::relay_frame::Body::Error(proto::Error {
+                    code: proto::ErrorCode::StaleDevices as i32,
+                    message: "the recipients' device lists changed; fetch them and send again"
+                        .into(),
+                    device_keys,
+                    stale: stale
+                        .iter()
+                        .map(|s| proto::StaleDevices {
+                            account: s.account.to_vec(),
+                            missing: s.missing.iter().map(|d| d.to_vec()).collect(),
+                            removed: s.removed.iter().map(|d| d.to_vec()).collect(),
+                        })
+                        .collect(),
+                })),
+            }
+        }
+        StoreError::Revoked => error(
+            request_id,
+            proto::ErrorCode::Revoked,
+            "this device was removed from its account",
+        ),
         StoreError::Backend(_) | StoreError::Conflict(_) | StoreError::Closed => {
             tracing::error!(error = %e, "store failure");
             error(
@@ -454,6 +521,37 @@ fn envelope_frame(e: &StoredEnvelope) -> proto::Envelope {
         slot: e.slot.to_vec(),
         expires_at: e.expires_at,
     }
+}
+
+/// Checks a send's `expected` field: accounts and devices of 32 bytes,
+/// no account twice, 1 to `MAX_DEVICES` devices each without repeats.
+fn parse_expected(
+    expected: &[proto::ExpectedDevices],
+    max_accounts: usize,
+) -> Result<Vec<Expected>, String> {
+    if expected.len() > max_accounts {
+        return Err(format!("at most {max_accounts} expected accounts"));
+    }
+    let mut out: Vec<Expected> = Vec::with_capacity(expected.len());
+    for e in expected {
+        let account = key32("expected.account", &e.account)?;
+        if out.iter().any(|x| x.account == account) {
+            return Err("an account appears twice in expected".into());
+        }
+        if e.devices.is_empty() || e.devices.len() > MAX_DEVICES {
+            return Err(format!("1 to {MAX_DEVICES} expected devices per account"));
+        }
+        let mut devices = Vec::with_capacity(e.devices.len());
+        for d in &e.devices {
+            let d = key32("expected.devices", d)?;
+            if devices.contains(&d) {
+                return Err("a device appears twice in an expected account".into());
+            }
+            devices.push(d);
+        }
+        out.push(Expected { account, devices });
+    }
+    Ok(out)
 }
 
 fn key32(field: &str, bytes: &[u8]) -> Result<[u8; 32], String> {
@@ -542,6 +640,12 @@ impl<S: Store> Relay<S> {
     /// Forgets a closed connection.
     pub fn disconnect(&self, connection: &Connection) {
         self.counters.connections.fetch_sub(1, Ordering::Relaxed);
+        self.go_offline(connection);
+    }
+
+    /// Removes the connection's device from the devices online, unless
+    /// another connection took it over.
+    fn go_offline(&self, connection: &Connection) {
         if let (Some(device), Ok(mut online)) = (connection.device, self.registry.online.lock())
             && online
                 .get(&device)
@@ -549,6 +653,20 @@ impl<S: Store> Relay<S> {
         {
             online.remove(&device);
         }
+    }
+
+    /// Makes a connection unauthenticated again, dropping its pushes.
+    fn disconnect_device(&self, conn: &mut Connection) {
+        self.go_offline(conn);
+        conn.device = None;
+        conn.notifications = None;
+        conn.takeover = None;
+        conn.buffered = Arc::new(AtomicUsize::new(0));
+        conn.overflowed = Arc::new(AtomicBool::new(false));
+        conn.live = false;
+        conn.delivered = 0;
+        conn.resync = false;
+        conn.retry_at = None;
     }
 
     /// Handles one client frame; returns the frames to send back.
@@ -590,7 +708,7 @@ impl<S: Store> Relay<S> {
             return Handled::Done(error(id, proto::ErrorCode::Malformed, "empty request"));
         };
         Handled::Done(match request {
-            Request::Authenticate(a) => self.authenticate(conn, id, a).await,
+            Request::Authenticate(a) => self.authenticate(conn, id, a, unix_now).await,
             Request::RegisterPrekeys(r) => self.register(conn, id, r).await,
             Request::FetchBundle(f) => self.fetch_bundle(conn, id, f, now).await,
             Request::PrekeyCount(_) => self.prekey_count(conn, id).await,
@@ -600,6 +718,9 @@ impl<S: Store> Relay<S> {
             },
             Request::FetchPage(p) => self.fetch_page(conn, id, p).await,
             Request::Ack(a) => return self.prepare_ack(conn, id, a),
+            Request::PublishDevices(p) => self.publish_devices(conn, id, p).await,
+            Request::FetchDevices(f) => self.fetch_devices(conn, id, f, now).await,
+            Request::Unregister(_) => self.unregister(conn, id).await,
         })
     }
 
@@ -608,6 +729,7 @@ impl<S: Store> Relay<S> {
         conn: &mut Connection,
         id: u64,
         a: proto::Authenticate,
+        unix_now: u64,
     ) -> proto::RelayFrame {
         let device = match key32("device_key", &a.device_key) {
             Ok(d) => d,
@@ -644,8 +766,15 @@ impl<S: Store> Relay<S> {
         }
         // Read before any state changes: a failure here leaves the
         // connection, and any other connection of this device, as it was.
-        let queued = match self.store.queue_len(device).await {
-            Ok(queued) => queued,
+        let queued = match self.store.seen(device, unix_now / 86_400).await {
+            Ok(Seen::Queued(queued)) => queued,
+            Ok(Seen::Revoked) => {
+                return error(
+                    id,
+                    proto::ErrorCode::Revoked,
+                    "this device was removed from its account",
+                );
+            }
             Err(e) => return store_error(id, e),
         };
         let (notify, notifications) = mpsc::channel(NOTIFY_CAPACITY);
@@ -668,7 +797,7 @@ impl<S: Store> Relay<S> {
             && previous.connection != conn.id
             && let Some(tx) = previous.takeover.take()
         {
-            let _ = tx.send(());
+            let _ = tx.send(Ended::TakenOver);
         }
         // One consumer per queue across relays sharing a database.
         if let Err(e) = self.store.announce_online(device).await {
@@ -761,21 +890,12 @@ impl<S: Store> Relay<S> {
             Ok(d) => d,
             Err(m) => return error(id, proto::ErrorCode::Malformed, m),
         };
-        let (burst, refill) = (self.limits.bundle_burst, self.limits.bundle_refill);
-        let limited = conn.bundles.take(burst, refill, now).err().or_else(|| {
-            self.targets
-                .lock()
-                .ok()?
-                .take(target, burst, refill, now)
-                .err()
-        });
-        if let Some(wait) = limited {
-            self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        if let Some(wait) = self.rate_limit_directory(conn, &target, now) {
             return error(
                 id,
                 proto::ErrorCode::RateLimited,
                 format!(
-                    "bundle fetches limited; retry in {} ms",
+                    "directory fetches limited; retry in {} ms",
                     wait.as_millis().max(1)
                 ),
             );
@@ -887,6 +1007,8 @@ impl<S: Store> Relay<S> {
             }
             recipients.push((device, slot));
         }
+        let expected = parse_expected(&s.expected, self.limits.max_recipients)
+            .map_err(|m| Box::new(error(id, proto::ErrorCode::Malformed, m)))?;
         let expires_at = unix_now.saturating_add(self.limits.expiry.as_secs());
         Ok(Deferred {
             request_id: id,
@@ -895,8 +1017,192 @@ impl<S: Store> Relay<S> {
                 body: Arc::new(s.body),
                 recipients,
                 expires_at,
+                expected,
             }),
         })
+    }
+
+    /// Verifies and stores a device list (`spec/devices.md`).
+    async fn publish_devices(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        p: proto::PublishDevices,
+    ) -> proto::RelayFrame {
+        let Some(device) = conn.device else {
+            return unauthenticated(id);
+        };
+        let Some(list) = p.list else {
+            return error(id, proto::ErrorCode::Malformed, "list missing");
+        };
+        let encoded = prost::Message::encode_to_vec(&list);
+        let parsed = match DeviceList::try_from(encoded.as_slice()) {
+            Ok(parsed) => parsed,
+            Err(e) => return error(id, proto::ErrorCode::Malformed, e.to_string()),
+        };
+        match parsed.verify() {
+            Ok(()) => {}
+            Err(e @ (DeviceListError::BadSignature | DeviceListError::BadConsent)) => {
+                return error(id, proto::ErrorCode::BadSignature, e.to_string());
+            }
+            Err(e) => return error(id, proto::ErrorCode::Malformed, e.to_string()),
+        }
+        if parsed.version == 0 {
+            return error(id, proto::ErrorCode::Malformed, "versions start at 1");
+        }
+        let devices: Vec<DeviceKey> = parsed.devices.iter().map(|d| *d.key.as_bytes()).collect();
+        if !devices.contains(&device) {
+            return error(
+                id,
+                proto::ErrorCode::Unauthenticated,
+                "publish a device list from one of its devices",
+            );
+        }
+        let version = parsed.version;
+        let stored = StoredList {
+            account: *parsed.account.as_bytes(),
+            version,
+            devices,
+            encoded,
+        };
+        let revoked = match self.store.publish_devices(stored).await {
+            Ok(Published::Stored(revoked)) => revoked,
+            Ok(Published::Unchanged) => Vec::new(),
+            Ok(Published::Old(stored)) => {
+                return error(
+                    id,
+                    proto::ErrorCode::OldVersion,
+                    format!("the stored device list has version {stored}"),
+                );
+            }
+            Ok(Published::Revoked(named)) => {
+                return error_with(
+                    id,
+                    proto::ErrorCode::Revoked,
+                    "the list names revoked devices",
+                    named,
+                );
+            }
+            Err(e) => return store_error(id, e),
+        };
+        self.counters
+            .revoked_devices
+            .fetch_add(revoked.len() as u64, Ordering::Relaxed);
+        reply(
+            id,
+            proto::relay_frame::Body::Published(proto::Published {
+                version,
+                revoked: revoked.iter().map(|d| d.to_vec()).collect(),
+            }),
+        )
+    }
+
+    /// Bundle and device list fetches share the rate limits, per
+    /// connection and per target: how long to wait if over them.
+    fn rate_limit_directory(
+        &self,
+        conn: &mut Connection,
+        target: &[u8; 32],
+        now: Instant,
+    ) -> Option<Duration> {
+        let (burst, refill) = (self.limits.bundle_burst, self.limits.bundle_refill);
+        let wait = conn.bundles.take(burst, refill, now).err().or_else(|| {
+            self.targets
+                .lock()
+                .ok()?
+                .take(*target, burst, refill, now)
+                .err()
+        })?;
+        self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        Some(wait)
+    }
+
+    async fn fetch_devices(
+        &self,
+        conn: &mut Connection,
+        id: u64,
+        f: proto::FetchDevices,
+        now: Instant,
+    ) -> proto::RelayFrame {
+        let account: AccountKey = match key32("account", &f.account) {
+            Ok(a) => a,
+            Err(m) => return error(id, proto::ErrorCode::Malformed, m),
+        };
+        if let Some(wait) = self.rate_limit_directory(conn, &account, now) {
+            return error(
+                id,
+                proto::ErrorCode::RateLimited,
+                format!(
+                    "directory fetches limited; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            );
+        }
+        let stored = match self.store.device_list(account).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => {
+                return error(
+                    id,
+                    proto::ErrorCode::UnknownDevice,
+                    "no device list for this account",
+                );
+            }
+            Err(e) => return store_error(id, e),
+        };
+        let Ok(list) = <wire::DeviceList as prost::Message>::decode(stored.encoded.as_slice())
+        else {
+            return error(
+                id,
+                proto::ErrorCode::Internal,
+                "stored device list unreadable",
+            );
+        };
+        // The account's own devices see when each was last here.
+        let mut status = Vec::new();
+        if conn.device.is_some_and(|d| stored.devices.contains(&d)) {
+            match self.store.device_status(stored.devices.clone()).await {
+                Ok(found) => {
+                    status = stored
+                        .devices
+                        .iter()
+                        .zip(found)
+                        .map(|(d, s)| proto::DeviceStatus {
+                            device_key: d.to_vec(),
+                            last_seen_day: s.last_seen_day,
+                            queued: s.queued,
+                        })
+                        .collect();
+                }
+                Err(e) => return store_error(id, e),
+            }
+        }
+        reply(
+            id,
+            proto::relay_frame::Body::Devices(proto::Devices {
+                list: Some(list),
+                status,
+            }),
+        )
+    }
+
+    async fn unregister(&self, conn: &mut Connection, id: u64) -> proto::RelayFrame {
+        let Some(device) = conn.device else {
+            return unauthenticated(id);
+        };
+        match self.store.unregister(device).await {
+            Ok(deleted) => {
+                // The connection is no longer the device's: pushes
+                // buffered for the deleted queue go with it, and a
+                // registration made later (whose queue starts at 1
+                // again) needs a new authentication.
+                self.disconnect_device(conn);
+                reply(
+                    id,
+                    proto::relay_frame::Body::Unregistered(proto::Unregistered { deleted }),
+                )
+            }
+            Err(e) => store_error(id, e),
+        }
     }
 
     /// Commits a validated send or ack. Answers only after the envelope
@@ -994,10 +1300,13 @@ impl<S: Store> Relay<S> {
                 }),
             ),
             Err(e) => {
-                if matches!(e, StoreError::Quota(_)) {
-                    self.counters
-                        .quota_rejections
-                        .fetch_add(1, Ordering::Relaxed);
+                let counter = match e {
+                    StoreError::Quota(_) => Some(&self.counters.quota_rejections),
+                    StoreError::StaleDevices(_) => Some(&self.counters.stale_rejections),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
                 store_error(id, e)
             }

@@ -37,6 +37,8 @@ pub mod close {
     pub const PROTOCOL: u32 = 2;
     /// The relay is shutting down; reconnect later.
     pub const SHUTTING_DOWN: u32 = 3;
+    /// The device was dropped from its account's device list.
+    pub const REVOKED: u32 = 4;
 }
 
 /// Transport settings.
@@ -192,6 +194,7 @@ enum Closing {
     Finished,
     Protocol(String),
     TakenOver,
+    Revoked,
     Shutdown,
     Gone,
 }
@@ -316,6 +319,7 @@ async fn connection<S: Store>(
                     }
                 }
                 Event::TakenOver => break Closing::TakenOver,
+                Event::Revoked => break Closing::Revoked,
             },
             _ = shutdown.changed() => break Closing::Shutdown,
             Some((n, replies)) = commits.next(), if !commits.is_empty() => {
@@ -348,6 +352,10 @@ async fn connection<S: Store>(
         Closing::TakenOver => (
             close::TAKEN_OVER,
             "another connection took over this device".into(),
+        ),
+        Closing::Revoked => (
+            close::REVOKED,
+            "this device was removed from its account".into(),
         ),
         Closing::Shutdown => (close::SHUTTING_DOWN, "relay shutting down".into()),
     };

@@ -28,6 +28,7 @@ fn send_request(i: u32, to: &IdentityKeyPair) -> Request {
             device_key: to.public().as_bytes().to_vec(),
             slot: vec![7; 48],
         }],
+        expected: Vec::new(),
     })
 }
 
@@ -156,6 +157,7 @@ async fn the_store_and_logs_hold_no_content_and_no_sender() {
                     device_key: bob.public().as_bytes().to_vec(),
                     slot: env.slot.to_vec(),
                 }],
+                expected: Vec::new(),
             }))
             .await
             .expect("sends");
@@ -238,6 +240,7 @@ async fn malformed_frames_close_the_connection_and_lose_nothing() {
                 device_key: bob.public().as_bytes().to_vec(),
                 slot: vec![0; 48],
             }],
+            expected: Vec::new(),
         }))
         .await
         .expect("sends");

@@ -35,7 +35,7 @@ async fn a_device_on_relay_b_receives_at_once_what_was_sent_via_relay_a() {
     let sender = relay_a.client().await;
     for i in 0..5u8 {
         let duplicate = sender
-            .send([i; 16], vec![i; 300], &[(bob.key(), [i; 48])])
+            .send([i; 16], vec![i; 300], &[(bob.key(), [i; 48])], &[])
             .await
             .expect("sends via relay A");
         assert!(!duplicate);
@@ -55,7 +55,7 @@ async fn a_device_on_relay_b_receives_at_once_what_was_sent_via_relay_a() {
         relay_b
             .client()
             .await
-            .send([0; 16], vec![0; 300], &[(bob.key(), [0; 48])])
+            .send([0; 16], vec![0; 300], &[(bob.key(), [0; 48])], &[])
             .await
             .expect("sends via relay B")
     );

@@ -26,6 +26,7 @@ fn send(i: u32, to: &IdentityKeyPair) -> Request {
             device_key: to.public().as_bytes().to_vec(),
             slot: vec![0; 48],
         }],
+        expected: Vec::new(),
     })
 }
 

@@ -29,6 +29,7 @@ async fn send_sealed(client: &RelayClient, id: u8, env: &SealedEnvelope, to: &De
                 device_key: to.identity.public().as_bytes().to_vec(),
                 slot: env.slot.to_vec(),
             }],
+            expected: Vec::new(),
         }))
         .await
         .expect("sends")

@@ -312,6 +312,7 @@ impl Outgoing {
                         })
                     })
                     .collect::<Result<_>>()?,
+                expected: Vec::new(),
             },
         })
     }
@@ -410,6 +411,13 @@ pub(crate) fn describe(body: &Body) -> String {
         ),
         Body::Acked(a) => format!("acked ({} deleted)", a.deleted),
         Body::Deliver(e) => format!("a push (seq {})", e.seq),
+        Body::Published(p) => format!(
+            "published (version {}, {} revoked)",
+            p.version,
+            p.revoked.len()
+        ),
+        Body::Devices(d) => format!("devices ({} status entries)", d.status.len()),
+        Body::Unregistered(u) => format!("unregistered ({} deleted)", u.deleted),
     }
 }
 

@@ -218,6 +218,7 @@ fn send_frame_of(id: u64, len: usize) -> Result<Vec<u8>> {
             device_key: random::<32>()?.to_vec(),
             slot: vec![0; 48],
         }],
+        expected: Vec::new(),
     };
     let mut body = len.saturating_sub(64);
     for _ in 0..4 {

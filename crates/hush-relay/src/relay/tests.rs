@@ -1,5 +1,6 @@
 use super::*;
 use crate::store::sqlite::SqliteStore;
+use hush_crypto::devices::DeviceList;
 use hush_crypto::{IdentityKeyPair, OneTimePreKeyPair, SignedPreKeyPair};
 use proto::client_frame::Request;
 use proto::relay_frame::Body;
@@ -109,6 +110,7 @@ fn send(id: u8, body: &[u8], to: &[&Device]) -> Request {
                 slot: vec![id; 48],
             })
             .collect(),
+        expected: Vec::new(),
     })
 }
 
@@ -604,4 +606,203 @@ async fn acks_are_bounded() {
         code(&call(&relay, &mut conn, 2, too_many).await),
         Some(proto::ErrorCode::Malformed)
     );
+}
+
+fn publish(list: &DeviceList) -> Request {
+    Request::PublishDevices(proto::PublishDevices {
+        list: Some(prost::Message::decode(list.to_bytes().as_slice()).expect("decodes")),
+    })
+}
+
+fn consent(d: &Device, account: &Device, name: &str) -> hush_crypto::devices::Device {
+    hush_crypto::devices::Device::consent(&d.identity, account.identity.public(), name)
+        .expect("consents")
+}
+
+#[tokio::test]
+async fn device_lists_are_verified_kept_and_enforced() {
+    let relay = relay("device_lists", Limits::default()).await;
+    let (primary, laptop, phone) = (device(40), device(41), device(42));
+    let mut p = online(&relay, &primary, 1).await;
+    call(&relay, &mut p, 2, register(&primary)).await;
+    let mut l = online(&relay, &laptop, 2).await;
+    call(&relay, &mut l, 2, register(&laptop)).await;
+    let mut anonymous = relay.connect([9; 32], Instant::now());
+
+    let v1 = DeviceList::first(&primary.identity, "desk").expect("signs");
+    let v2 = v1
+        .with_device(&primary.identity, consent(&laptop, &primary, "laptop"))
+        .expect("signs");
+    // Only a device of the list may publish it, and it must verify.
+    assert_eq!(
+        code(&call(&relay, &mut anonymous, 1, publish(&v2)).await),
+        Some(proto::ErrorCode::Unauthenticated)
+    );
+    let mut phone_conn = online(&relay, &phone, 3).await;
+    assert_eq!(
+        code(&call(&relay, &mut phone_conn, 2, publish(&v2)).await),
+        Some(proto::ErrorCode::Unauthenticated)
+    );
+    let mut forged = v2.clone();
+    forged.signature[0] ^= 1;
+    assert_eq!(
+        code(&call(&relay, &mut l, 3, publish(&forged)).await),
+        Some(proto::ErrorCode::BadSignature)
+    );
+    let foreign = DeviceList::signed(
+        &primary.identity,
+        2,
+        vec![
+            consent(&primary, &primary, "desk"),
+            consent(&phone, &laptop, "phone"),
+        ],
+    )
+    .expect("signs");
+    assert_eq!(
+        code(&call(&relay, &mut p, 3, publish(&foreign)).await),
+        Some(proto::ErrorCode::BadSignature)
+    );
+    // Published by the new device itself; a resend is answered alike.
+    for id in 4..6 {
+        assert_eq!(
+            call(&relay, &mut l, id, publish(&v2)).await,
+            Body::Published(proto::Published {
+                version: 2,
+                revoked: vec![]
+            })
+        );
+    }
+    assert_eq!(
+        code(&call(&relay, &mut p, 6, publish(&v1)).await),
+        Some(proto::ErrorCode::OldVersion)
+    );
+
+    // Anyone fetches the list; the account's own devices see their status.
+    let fetch = || {
+        Request::FetchDevices(proto::FetchDevices {
+            account: key(&primary),
+        })
+    };
+    let Body::Devices(seen) = call(&relay, &mut anonymous, 2, fetch()).await else {
+        panic!("devices expected");
+    };
+    assert_eq!(
+        prost::Message::encode_to_vec(&seen.list.expect("list")),
+        v2.to_bytes()
+    );
+    assert!(seen.status.is_empty());
+    let Body::Devices(own) = call(&relay, &mut l, 7, fetch()).await else {
+        panic!("devices expected");
+    };
+    let days: Vec<(Vec<u8>, u64)> = own
+        .status
+        .iter()
+        .map(|s| (s.device_key.clone(), s.last_seen_day))
+        .collect();
+    // `online` authenticates before registering: no day recorded yet (the
+    // store suite checks the days themselves).
+    assert_eq!(days, vec![(key(&primary), 0), (key(&laptop), 0)]);
+    let stranger = Request::FetchDevices(proto::FetchDevices {
+        account: key(&phone),
+    });
+    assert_eq!(
+        code(&call(&relay, &mut anonymous, 3, stranger).await),
+        Some(proto::ErrorCode::UnknownDevice)
+    );
+
+    // A sender with an old idea of the account is told what changed.
+    let mut stale = send(7, b"hi", &[&primary]);
+    if let Request::Send(s) = &mut stale {
+        s.expected = vec![proto::ExpectedDevices {
+            account: key(&primary),
+            devices: vec![key(&primary), key(&phone)],
+        }];
+    }
+    let Body::Error(e) = call(&relay, &mut anonymous, 4, stale).await else {
+        panic!("error expected");
+    };
+    assert_eq!(e.code, proto::ErrorCode::StaleDevices as i32);
+    assert_eq!(e.device_keys, vec![key(&laptop), key(&phone)]);
+    assert_eq!(
+        e.stale,
+        vec![proto::StaleDevices {
+            account: key(&primary),
+            missing: vec![key(&laptop)],
+            removed: vec![key(&phone)],
+        }]
+    );
+    let mut bad = send(8, b"hi", &[&primary]);
+    if let Request::Send(s) = &mut bad {
+        s.expected = vec![proto::ExpectedDevices {
+            account: key(&primary),
+            devices: vec![key(&primary), key(&primary)],
+        }];
+    }
+    assert_eq!(
+        code(&call(&relay, &mut anonymous, 5, bad).await),
+        Some(proto::ErrorCode::Malformed)
+    );
+
+    // Unlinking: the laptop's connection is closed, it cannot come back.
+    let v3 = v2
+        .without_device(&primary.identity, laptop.identity.public())
+        .expect("signs");
+    assert_eq!(
+        call(&relay, &mut p, 8, publish(&v3)).await,
+        Body::Published(proto::Published {
+            version: 3,
+            revoked: vec![key(&laptop)]
+        })
+    );
+    let event = l.next_event().await;
+    assert!(matches!(event, Event::Revoked), "{event:?}");
+    let mut again = relay.connect([7; 32], Instant::now());
+    assert_eq!(
+        code(&call(&relay, &mut again, 1, auth(&laptop, &[7; 32])).await),
+        Some(proto::ErrorCode::Revoked)
+    );
+    let v4 = v3
+        .with_device(&primary.identity, consent(&laptop, &primary, "laptop"))
+        .expect("signs");
+    let Body::Error(e) = call(&relay, &mut p, 9, publish(&v4)).await else {
+        panic!("error expected");
+    };
+    assert_eq!(e.code, proto::ErrorCode::Revoked as i32);
+    assert_eq!(e.device_keys, vec![key(&laptop)]);
+    assert_eq!(relay.counters.revoked_devices.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn unregistering_deletes_the_queue_and_ends_the_authentication() {
+    let relay = relay("unregister", Limits::default()).await;
+    let (mailbox, mut conn) = live_with_sends(&relay, 50, 3).await;
+    let mut sender = relay.connect([4; 32], Instant::now());
+    assert_eq!(
+        call(
+            &relay,
+            &mut conn,
+            10,
+            Request::Unregister(proto::Unregister {})
+        )
+        .await,
+        Body::Unregistered(proto::Unregistered { deleted: 3 })
+    );
+    assert_eq!(conn.device(), None);
+    assert_eq!(
+        code(
+            &call(
+                &relay,
+                &mut conn,
+                11,
+                Request::PrekeyCount(proto::PrekeyCount {})
+            )
+            .await
+        ),
+        Some(proto::ErrorCode::Unauthenticated)
+    );
+    assert_eq!(
+        code(&call(&relay, &mut sender, 1, send(9, b"late", &[&mailbox])).await),
+        Some(proto::ErrorCode::UnknownDevice)
+    );
+    assert_eq!(relay.online_devices(), 0);
 }

@@ -19,6 +19,10 @@ use thiserror::Error;
 /// names the device's queue and its directory entry.
 pub type DeviceKey = [u8; 32];
 
+/// An account: the Ed25519 key of its primary device, which signs its
+/// device list (`spec/devices.md`).
+pub type AccountKey = [u8; 32];
+
 /// A sender-chosen message id; a resend reuses it.
 pub type MessageId = [u8; 16];
 
@@ -74,6 +78,101 @@ pub struct NewEnvelope {
     pub recipients: Vec<(DeviceKey, Slot)>,
     /// Unix seconds after which the envelope is swept.
     pub expires_at: u64,
+    /// The devices the sender believes recipient accounts have.
+    pub expected: Vec<Expected>,
+}
+
+/// The devices a sender believes an account has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The account.
+    pub account: AccountKey,
+    /// Its devices, no repeats.
+    pub devices: Vec<DeviceKey>,
+}
+
+/// How a sender's idea of an account's devices differs from the list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stale {
+    /// The account.
+    pub account: AccountKey,
+    /// In the list, not expected; in list order.
+    pub missing: Vec<DeviceKey>,
+    /// Expected, not in the list; in the sender's order.
+    pub removed: Vec<DeviceKey>,
+}
+
+impl Expected {
+    /// Compares with the account's devices: `listed` is its stored list,
+    /// or `None` for an account without one (its primary alone).
+    pub fn compare(&self, listed: Option<&[DeviceKey]>) -> Option<Stale> {
+        let alone = [self.account];
+        let listed = listed.unwrap_or(&alone);
+        let missing: Vec<DeviceKey> = listed
+            .iter()
+            .filter(|d| !self.devices.contains(d))
+            .copied()
+            .collect();
+        let removed: Vec<DeviceKey> = self
+            .devices
+            .iter()
+            .filter(|d| !listed.contains(d))
+            .copied()
+            .collect();
+        (!missing.is_empty() || !removed.is_empty()).then_some(Stale {
+            account: self.account,
+            missing,
+            removed,
+        })
+    }
+}
+
+/// An account's device list as the relay keeps it. The relay verified
+/// it before storing; the store only compares versions and devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredList {
+    /// The account.
+    pub account: AccountKey,
+    /// The list's version.
+    pub version: u64,
+    /// Its devices, in list order.
+    pub devices: Vec<DeviceKey>,
+    /// The `hush.wire.v1.DeviceList` encoding, served as published.
+    pub encoded: Vec<u8>,
+}
+
+/// What [`Store::publish_devices`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored. These devices, in the old list and not the new one, are
+    /// revoked: their registration, prekeys and queue are gone.
+    Stored(Vec<DeviceKey>),
+    /// This very list is stored already (a resend): nothing changed.
+    Unchanged,
+    /// The stored list has this version, not lower than the one given;
+    /// nothing changed.
+    Old(u64),
+    /// The list names these devices, revoked earlier; nothing changed.
+    Revoked(Vec<DeviceKey>),
+}
+
+/// What the relay knows of a device, for its account's own devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// The day (Unix seconds / 86400) it last authenticated; 0: never
+    /// since it registered.
+    pub last_seen_day: u64,
+    /// Envelopes waiting in its queue.
+    pub queued: u64,
+}
+
+/// What [`Store::seen`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Envelopes waiting in the device's queue.
+    Queued(u64),
+    /// The device was revoked: it may not authenticate.
+    Revoked,
 }
 
 /// Per-queue limits.
@@ -168,6 +267,10 @@ pub trait CommitListener: Send + Sync + 'static {
     /// The device authenticated on another relay process: close this
     /// process's connection for it (one consumer per queue).
     fn taken_over(&self, device: &DeviceKey);
+
+    /// The device was revoked (by this relay process or another): close
+    /// its connection.
+    fn revoked(&self, device: &DeviceKey);
 }
 
 /// Unsigned counters and ids as the databases store them (signed 64-bit).
@@ -282,6 +385,13 @@ pub enum StoreError {
     /// Some recipient queues are full; nothing was stored.
     #[error("{} recipient queue(s) over quota", .0.len())]
     Quota(Vec<DeviceKey>),
+    /// The sender's idea of some accounts' devices is out of date;
+    /// nothing was stored.
+    #[error("stale device lists for {} account(s)", .0.len())]
+    StaleDevices(Vec<Stale>),
+    /// The device was revoked by its account's device list.
+    #[error("device revoked")]
+    Revoked,
     /// The database failed; nothing of the operation was stored.
     #[error("storage failure: {0}")]
     Backend(String),
@@ -323,7 +433,8 @@ pub trait Store: Send + Sync + 'static {
         device: DeviceKey,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Creates or replaces a device's prekeys. Returns the one-time stock.
+    /// Creates or replaces a device's prekeys. Returns the one-time
+    /// stock; [`StoreError::Revoked`] for a revoked device.
     fn register(
         &self,
         device: DeviceKey,
@@ -344,7 +455,44 @@ pub trait Store: Send + Sync + 'static {
         device: DeviceKey,
     ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
 
-    /// Stores an envelope in every recipient queue, or nothing.
+    /// Records that `device` authenticated on day `day` (Unix seconds /
+    /// 86400) and returns its queue length, or says it is revoked.
+    fn seen(
+        &self,
+        device: DeviceKey,
+        day: u64,
+    ) -> impl Future<Output = Result<Seen, StoreError>> + Send;
+
+    /// Deletes a device's registration, prekeys and queue; returns the
+    /// number of envelopes that were waiting (0 for an unknown device).
+    fn unregister(&self, device: DeviceKey)
+    -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Stores an account's device list if its version is higher than the
+    /// stored one, revoking the devices it drops (see [`Published`]).
+    /// Tells the listener, and other relay processes, of every device
+    /// revoked.
+    fn publish_devices(
+        &self,
+        list: StoredList,
+    ) -> impl Future<Output = Result<Published, StoreError>> + Send;
+
+    /// An account's stored device list.
+    fn device_list(
+        &self,
+        account: AccountKey,
+    ) -> impl Future<Output = Result<Option<StoredList>, StoreError>> + Send;
+
+    /// What the relay knows of each device, in order (unknown devices:
+    /// the default).
+    fn device_status(
+        &self,
+        devices: Vec<DeviceKey>,
+    ) -> impl Future<Output = Result<Vec<DeviceStatus>, StoreError>> + Send;
+
+    /// Stores an envelope in every recipient queue, or nothing. If any
+    /// of its `expected` accounts differs from the stored device lists,
+    /// nothing is stored ([`StoreError::StaleDevices`]).
     fn enqueue(
         &self,
         envelope: NewEnvelope,

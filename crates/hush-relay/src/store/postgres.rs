@@ -18,8 +18,9 @@ use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, Postgres};
 use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::{
-    BundleParts, Columns, CommitListener, Committed, DeviceKey, Enqueued, NewEnvelope, Page,
-    PrekeyUpload, QueueLimits, Stats, Store, StoreError, bound_page, fixed, i64_of, u32_of, u64_of,
+    AccountKey, BundleParts, Columns, CommitListener, Committed, DeviceKey, DeviceStatus, Enqueued,
+    NewEnvelope, Page, PrekeyUpload, Published, QueueLimits, Seen, Stale, Stats, Store, StoreError,
+    StoredList, bound_page, fixed, i64_of, u32_of, u64_of,
 };
 
 /// The notification channel between relays: commits.
@@ -27,6 +28,9 @@ const CHANNEL: &str = "hush_commits";
 
 /// The notification channel between relays: a device authenticated.
 const ONLINE_CHANNEL: &str = "hush_online";
+
+/// The notification channel between relays: devices revoked.
+const REVOKED_CHANNEL: &str = "hush_revoked";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS devices (
@@ -48,6 +52,11 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS queue_body ON queue (body_id)",
     "CREATE TABLE IF NOT EXISTS sent_messages (message_id BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS sent_expiry ON sent_messages (expires_at)",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS last_seen BIGINT NOT NULL DEFAULT 0",
+    "CREATE TABLE IF NOT EXISTS device_lists (
+        account BYTEA PRIMARY KEY, version BIGINT NOT NULL,
+        devices BYTEA[] NOT NULL, encoded BYTEA NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS revoked (device_key BYTEA PRIMARY KEY)",
 ];
 
 type Listener = Arc<RwLock<Option<Arc<dyn CommitListener>>>>;
@@ -137,7 +146,10 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
                 continue;
             }
         };
-        if let Err(e) = channel.listen_all([CHANNEL, ONLINE_CHANNEL]).await {
+        if let Err(e) = channel
+            .listen_all([CHANNEL, ONLINE_CHANNEL, REVOKED_CHANNEL])
+            .await
+        {
             tracing::warn!(error = %e, "commit notifications: cannot listen; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -162,15 +174,14 @@ async fn listen(pool: PgPool, listener: Listener, instance: String) {
                     }
                     let Ok(slot) = listener.read() else { continue };
                     let Some(l) = slot.as_ref() else { continue };
-                    let online = n.channel() == ONLINE_CHANNEL;
                     for device in devices.split(',') {
                         if let Ok(bytes) = hex::decode(device)
                             && let Ok(key) = DeviceKey::try_from(bytes.as_slice())
                         {
-                            if online {
-                                l.taken_over(&key);
-                            } else {
-                                l.wake(&key);
+                            match n.channel() {
+                                ONLINE_CHANNEL => l.taken_over(&key),
+                                REVOKED_CHANNEL => l.revoked(&key),
+                                _ => l.wake(&key),
                             }
                         }
                     }
@@ -215,6 +226,9 @@ impl PgStore {
         upload: PrekeyUpload,
     ) -> Result<u32, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if lock_device(&mut tx, &device).await? {
+            return Err(StoreError::Revoked);
+        }
         let (s, l) = (&upload.signed, &upload.last_resort);
         sqlx::query(
             "INSERT INTO devices (device_key, spk_id, spk_public, spk_signature, lr_id, lr_public, lr_signature)
@@ -305,6 +319,27 @@ impl PgStore {
         limits: QueueLimits,
     ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Device lists first (publications lock them first too).
+        let mut accounts: Vec<Vec<u8>> = envelopes
+            .iter()
+            .flat_map(|e| e.expected.iter().map(|x| x.account.to_vec()))
+            .collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let mut lists = std::collections::HashMap::new();
+        if !accounts.is_empty() {
+            for row in sqlx::query(
+                "SELECT account, devices FROM device_lists
+                 WHERE account = ANY($1) ORDER BY account FOR SHARE",
+            )
+            .bind(&accounts)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                let account: AccountKey = fixed(row.try_get::<&[u8], _>(0)?)?;
+                lists.insert(account, device_keys(row.try_get(1)?)?);
+            }
+        }
         let mut keys: Vec<Vec<u8>> = envelopes
             .iter()
             .flat_map(|e| e.recipients.iter().map(|(d, _)| d.to_vec()))
@@ -345,6 +380,16 @@ impl PgStore {
         for envelope in envelopes {
             if !recorded.insert(envelope.message_id) {
                 results.push(Ok(Enqueued::Duplicate));
+                continue;
+            }
+            let stale: Vec<Stale> = envelope
+                .expected
+                .iter()
+                .filter_map(|e| e.compare(lists.get(&e.account).map(Vec::as_slice)))
+                .collect();
+            if !stale.is_empty() {
+                recorded.remove(&envelope.message_id);
+                results.push(Err(StoreError::StaleDevices(stale)));
                 continue;
             }
             let unknown: Vec<DeviceKey> = envelope
@@ -508,6 +553,102 @@ impl PgStore {
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
+    async fn unregister_once(&self, device: DeviceKey) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let n = remove_device(&mut tx, &device).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn publish_once(&self, list: &StoredList) -> Result<Published, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let keys: Vec<&[u8]> = list.devices.iter().map(|d| &d[..]).collect();
+        let named: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT device_key FROM revoked WHERE device_key = ANY($1)")
+                .bind(&keys)
+                .fetch_all(&mut *tx)
+                .await?;
+        if !named.is_empty() {
+            return Ok(Published::Revoked(device_keys(named)?));
+        }
+        let stored = sqlx::query(
+            "SELECT version, devices, encoded FROM device_lists WHERE account = $1 FOR UPDATE",
+        )
+        .bind(&list.account[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        let before = match stored {
+            Some(row) => {
+                let version = u64_of(row.try_get(0)?);
+                if version >= list.version {
+                    let encoded: Vec<u8> = row.try_get(2)?;
+                    return Ok(if version == list.version && encoded == list.encoded {
+                        Published::Unchanged
+                    } else {
+                        Published::Old(version)
+                    });
+                }
+                sqlx::query(
+                    "UPDATE device_lists SET version = $2, devices = $3, encoded = $4 WHERE account = $1",
+                )
+                .bind(&list.account[..])
+                .bind(i64_of(list.version))
+                .bind(&keys)
+                .bind(&list.encoded)
+                .execute(&mut *tx)
+                .await?;
+                device_keys(row.try_get(1)?)?
+            }
+            None => {
+                let inserted = sqlx::query(
+                    "INSERT INTO device_lists (account, version, devices, encoded)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(&list.account[..])
+                .bind(i64_of(list.version))
+                .bind(&keys)
+                .bind(&list.encoded)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    return Err(StoreError::Conflict(
+                        "a device list was published concurrently".into(),
+                    ));
+                }
+                vec![list.account]
+            }
+        };
+        let dropped: Vec<DeviceKey> = before
+            .into_iter()
+            .filter(|d| !list.devices.contains(d))
+            .collect();
+        for device in &dropped {
+            remove_device(&mut tx, device).await?;
+            sqlx::query("INSERT INTO revoked (device_key) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(&device[..])
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !dropped.is_empty() {
+            let hexes: Vec<String> = dropped.iter().map(hex::encode).collect();
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOKED_CHANNEL)
+                .bind(format!("{} {}", self.instance, hexes.join(",")))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if let Ok(slot) = self.listener.read()
+            && let Some(l) = slot.as_ref()
+        {
+            for device in &dropped {
+                l.revoked(device);
+            }
+        }
+        Ok(Published::Stored(dropped))
+    }
+
     async fn sweep_once(&self, now: u64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let n = remove(&mut tx, Removal::Expired(now)).await?;
@@ -562,6 +703,81 @@ impl Store for PgStore {
 
     async fn sweep(&self, now: u64) -> Result<u64, StoreError> {
         retry(|| self.sweep_once(now)).await
+    }
+
+    async fn seen(&self, device: DeviceKey, day: u64) -> Result<Seen, StoreError> {
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM revoked WHERE device_key = $1),
+                    (SELECT queued_count FROM devices WHERE device_key = $1)",
+        )
+        .bind(&device[..])
+        .fetch_one(&self.pool)
+        .await?;
+        if row.try_get::<bool, _>(0)? {
+            return Ok(Seen::Revoked);
+        }
+        // Once a day at most: the condition makes later calls no-ops.
+        sqlx::query("UPDATE devices SET last_seen = $2 WHERE device_key = $1 AND last_seen < $2")
+            .bind(&device[..])
+            .bind(i64_of(day))
+            .execute(&self.pool)
+            .await?;
+        Ok(Seen::Queued(u64_of(
+            row.try_get::<Option<i64>, _>(1)?.unwrap_or(0),
+        )))
+    }
+
+    async fn unregister(&self, device: DeviceKey) -> Result<u64, StoreError> {
+        retry(|| self.unregister_once(device)).await
+    }
+
+    async fn publish_devices(&self, list: StoredList) -> Result<Published, StoreError> {
+        retry(|| self.publish_once(&list)).await
+    }
+
+    async fn device_list(&self, account: AccountKey) -> Result<Option<StoredList>, StoreError> {
+        let row =
+            sqlx::query("SELECT version, devices, encoded FROM device_lists WHERE account = $1")
+                .bind(&account[..])
+                .fetch_optional(&self.pool)
+                .await?;
+        match row {
+            Some(row) => Ok(Some(StoredList {
+                account,
+                version: u64_of(row.try_get(0)?),
+                devices: device_keys(row.try_get(1)?)?,
+                encoded: row.try_get(2)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    async fn device_status(
+        &self,
+        devices: Vec<DeviceKey>,
+    ) -> Result<Vec<DeviceStatus>, StoreError> {
+        let keys: Vec<&[u8]> = devices.iter().map(|d| &d[..]).collect();
+        let mut found = std::collections::HashMap::new();
+        for row in sqlx::query(
+            "SELECT device_key, last_seen, queued_count FROM devices WHERE device_key = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let key: DeviceKey = fixed(row.try_get::<&[u8], _>(0)?)?;
+            found.insert(
+                key,
+                DeviceStatus {
+                    last_seen_day: u64_of(row.try_get(1)?),
+                    queued: u64_of(row.try_get(2)?),
+                },
+            );
+        }
+        Ok(devices
+            .iter()
+            .map(|d| found.get(d).copied().unwrap_or_default())
+            .collect())
     }
 
     async fn announce_online(&self, device: DeviceKey) -> Result<(), StoreError> {
@@ -642,7 +858,54 @@ async fn read(tx: &mut Tx, device: &DeviceKey, after: u64, max: u32) -> Result<P
     Ok(bound_page(envelopes, max))
 }
 
+/// Stored device keys, 32 bytes each.
+fn device_keys(stored: Vec<Vec<u8>>) -> Result<Vec<DeviceKey>, StoreError> {
+    stored.iter().map(|k| fixed(k)).collect()
+}
+
+/// Serializes registration and removal of one device (a row lock cannot:
+/// the row may not exist yet). Returns whether the device is revoked.
+async fn lock_device(tx: &mut Tx, device: &DeviceKey) -> Result<bool, StoreError> {
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&device[..8]);
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from_be_bytes(key))
+        .execute(&mut **tx)
+        .await?;
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revoked WHERE device_key = $1)")
+            .bind(&device[..])
+            .fetch_one(&mut **tx)
+            .await?,
+    )
+}
+
+/// Deletes a device's queue, prekeys and registration; returns the
+/// number of envelopes that were waiting. The device's row is locked
+/// first, so no send commits to the queue while it goes.
+async fn remove_device(tx: &mut Tx, device: &DeviceKey) -> Result<u64, StoreError> {
+    lock_device(tx, device).await?;
+    let found = sqlx::query("SELECT 1 FROM devices WHERE device_key = $1 FOR UPDATE")
+        .bind(&device[..])
+        .fetch_optional(&mut **tx)
+        .await?;
+    if found.is_none() {
+        return Ok(0);
+    }
+    let n = remove(tx, Removal::Device(device)).await?;
+    sqlx::query("DELETE FROM one_time_prekeys WHERE device_key = $1")
+        .bind(&device[..])
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM devices WHERE device_key = $1")
+        .bind(&device[..])
+        .execute(&mut **tx)
+        .await?;
+    Ok(n)
+}
+
 enum Removal<'a> {
+    Device(&'a DeviceKey),
     UpTo(&'a DeviceKey, u64),
     Listed(&'a DeviceKey, &'a [u64]),
     Expired(u64),
@@ -680,6 +943,14 @@ async fn remove(tx: &mut Tx, which: Removal<'_>) -> Result<u64, StoreError> {
             .fetch_one(&mut **tx)
             .await?
         }
+        Removal::Device(device) => {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH gone AS (DELETE FROM queue WHERE device_key = $1 RETURNING device_key, body_id, size{TAIL}"
+            )))
+            .bind(&device[..])
+            .fetch_one(&mut **tx)
+            .await?
+        }
         Removal::Expired(now) => {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "WITH gone AS (DELETE FROM queue WHERE expires_at <= $1 RETURNING device_key, body_id, size{TAIL}"
@@ -709,6 +980,11 @@ pub(crate) mod tests {
         PgStore::open(&crate::testing::test_database().await)
             .await
             .expect("opens")
+    }
+
+    #[tokio::test]
+    async fn device_lists_check_senders_and_revoke_devices() {
+        suite::device_lists_check_senders_and_revoke_devices(open().await).await;
     }
 
     #[tokio::test]
@@ -787,6 +1063,7 @@ pub(crate) mod tests {
         }
         fn wake_all(&self) {}
         fn taken_over(&self, _: &DeviceKey) {}
+        fn revoked(&self, _: &DeviceKey) {}
     }
 
     /// Two relay processes on one database: a commit through one wakes

@@ -38,8 +38,9 @@ use sqlx::{Arguments, Connection, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BundleParts, CommitListener, Committed, DeviceKey, Enqueued, MessageId, NewEnvelope, Page,
-    PrekeyUpload, QueueLimits, Stats, Store, StoreError,
+    AccountKey, BundleParts, CommitListener, Committed, DeviceKey, DeviceStatus, Enqueued,
+    MessageId, NewEnvelope, Page, PrekeyUpload, Published, QueueLimits, Seen, Stale, Stats, Store,
+    StoreError, StoredList,
 };
 use super::{Columns, bound_page, fixed, i64_of, u32_of, u64_of};
 
@@ -60,7 +61,7 @@ const STATEMENT_CACHE: usize = 512;
 const MAX_PARAMS: usize = 30_000;
 
 /// The schema version this code reads and writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS devices (
@@ -68,7 +69,8 @@ const SCHEMA: &[&str] = &[
         device_key BLOB NOT NULL UNIQUE,
         spk_id INTEGER NOT NULL, spk_public BLOB NOT NULL, spk_signature BLOB NOT NULL,
         lr_id INTEGER NOT NULL, lr_public BLOB NOT NULL, lr_signature BLOB NOT NULL,
-        next_seq INTEGER NOT NULL DEFAULT 0
+        next_seq INTEGER NOT NULL DEFAULT 0,
+        last_seen INTEGER NOT NULL DEFAULT 0
     )",
     "CREATE TABLE IF NOT EXISTS one_time_prekeys (
         device INTEGER NOT NULL, id INTEGER NOT NULL, public_key BLOB NOT NULL,
@@ -93,7 +95,17 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sent_messages (
         id INTEGER PRIMARY KEY, message_id BLOB NOT NULL, expires_at INTEGER NOT NULL
     )",
+    // `devices`: the list's device keys, 32 bytes each, in order.
+    "CREATE TABLE IF NOT EXISTS device_lists (
+        account BLOB PRIMARY KEY, version INTEGER NOT NULL,
+        devices BLOB NOT NULL, encoded BLOB NOT NULL
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS revoked (device_key BLOB PRIMARY KEY) WITHOUT ROWID",
 ];
+
+/// From schema version 2 to 3: device lists, revoked devices, last seen.
+const MIGRATE_FROM_2: &[&str] =
+    &["ALTER TABLE devices ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0"];
 
 /// From schema version 1 (one row per device key, bodies always in their
 /// own table, indexed message ids) to version 2, keeping every row.
@@ -140,6 +152,11 @@ enum Op {
     QueueLen(DeviceKey),
     Stats,
     Sweep(u64),
+    Seen(DeviceKey, u64),
+    Unregister(DeviceKey),
+    Publish(StoredList),
+    DeviceList(AccountKey),
+    DeviceStatus(Vec<DeviceKey>),
 }
 
 enum Answer {
@@ -150,6 +167,10 @@ enum Answer {
     Page(Page),
     Number(u64),
     Stats(Stats),
+    Seen(Seen),
+    Published(Published),
+    List(Option<StoredList>),
+    Status(Vec<DeviceStatus>),
 }
 
 struct Job {
@@ -260,6 +281,7 @@ async fn prepare_schema(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let steps: Vec<&str> = match version {
         SCHEMA_VERSION => return Ok(()),
         0 => SCHEMA.to_vec(),
+        2 => MIGRATE_FROM_2.iter().chain(SCHEMA).copied().collect(),
         1 => MIGRATE_FROM_1
             .iter()
             .chain(SCHEMA)
@@ -387,6 +409,44 @@ impl Store for SqliteStore {
             _ => Err(unexpected()),
         }
     }
+
+    async fn seen(&self, device: DeviceKey, day: u64) -> Result<Seen, StoreError> {
+        match self.call(Op::Seen(device, day)).await? {
+            Answer::Seen(seen) => Ok(seen),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn unregister(&self, device: DeviceKey) -> Result<u64, StoreError> {
+        match self.call(Op::Unregister(device)).await? {
+            Answer::Number(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn publish_devices(&self, list: StoredList) -> Result<Published, StoreError> {
+        match self.call(Op::Publish(list)).await? {
+            Answer::Published(p) => Ok(p),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn device_list(&self, account: AccountKey) -> Result<Option<StoredList>, StoreError> {
+        match self.call(Op::DeviceList(account)).await? {
+            Answer::List(list) => Ok(list),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn device_status(
+        &self,
+        devices: Vec<DeviceKey>,
+    ) -> Result<Vec<DeviceStatus>, StoreError> {
+        match self.call(Op::DeviceStatus(devices)).await? {
+            Answer::Status(status) => Ok(status),
+            _ => Err(unexpected()),
+        }
+    }
 }
 
 /// One device's queue, as the writer knows it.
@@ -404,6 +464,15 @@ struct Queue {
     count: u64,
     /// Σ size of the entries waiting.
     bytes: u64,
+    /// `devices.last_seen`: the day it last authenticated.
+    last_seen: u64,
+}
+
+/// An account's device list, as the writer keeps it (the encoding stays
+/// in the file).
+struct List {
+    version: u64,
+    devices: Vec<DeviceKey>,
 }
 
 /// What the writer keeps in memory. It changes the memory as it plans a
@@ -418,6 +487,10 @@ struct State {
     inline: u64,
     /// The next `bodies.id` to use.
     next_body: i64,
+    /// Accounts' device lists.
+    lists: HashMap<AccountKey, List>,
+    /// Devices revoked by a device list.
+    revoked: HashSet<DeviceKey>,
     options: SqliteOptions,
 }
 
@@ -426,7 +499,7 @@ impl State {
         let mut devices = HashMap::new();
         let mut by_id = HashMap::new();
         let mut inline = 0;
-        for row in sqlx::query("SELECT id, device_key, next_seq FROM devices")
+        for row in sqlx::query("SELECT id, device_key, next_seq, last_seen FROM devices")
             .fetch_all(&mut *conn)
             .await?
         {
@@ -442,6 +515,7 @@ impl State {
                     saved_seq: seq,
                     count: 0,
                     bytes: 0,
+                    last_seen: u64_of(row.try_get(3)?),
                 },
             );
         }
@@ -474,11 +548,33 @@ impl State {
             .fetch_one(&mut *conn)
             .await?
             .try_get(0)?;
+        let mut lists = HashMap::new();
+        for row in sqlx::query("SELECT account, version, devices FROM device_lists")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            lists.insert(
+                fixed(row.try_get::<&[u8], _>(0)?)?,
+                List {
+                    version: u64_of(row.try_get(1)?),
+                    devices: keys(row.try_get::<&[u8], _>(2)?)?,
+                },
+            );
+        }
+        let mut revoked = HashSet::new();
+        for row in sqlx::query("SELECT device_key FROM revoked")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            revoked.insert(fixed(row.try_get::<&[u8], _>(0)?)?);
+        }
         Ok(Self {
             devices,
             sent,
             inline,
             next_body,
+            lists,
+            revoked,
             options,
         })
     }
@@ -495,6 +591,14 @@ impl State {
             }
         }
     }
+}
+
+/// Device keys stored back to back.
+fn keys(bytes: &[u8]) -> Result<Vec<DeviceKey>, StoreError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(StoreError::Backend("stored device list is cut".into()));
+    }
+    bytes.chunks(32).map(fixed).collect()
 }
 
 /// What deletions took from one queue.
@@ -542,6 +646,13 @@ async fn announcer(mut rx: mpsc::UnboundedReceiver<Answered>, listener: Listener
             }
             if !commit.is_empty() {
                 listener.committed(&commit);
+            }
+            for (_, answer) in &batch {
+                if let Answer::Published(Published::Stored(revoked)) = answer {
+                    for device in revoked {
+                        listener.revoked(device);
+                    }
+                }
             }
         }
         for (job, answer) in batch {
@@ -648,6 +759,29 @@ async fn run(
             )),
             Op::Stats => Some(Answer::Stats(stats(&mut tx, state).await?)),
             Op::Sweep(now) => Some(Answer::Number(sweep(&mut tx, state, *now).await?)),
+            Op::Seen(device, day) => Some(Answer::Seen(seen(&mut tx, state, device, *day).await?)),
+            Op::Unregister(device) => {
+                Some(Answer::Number(remove_device(&mut tx, state, device).await?))
+            }
+            Op::Publish(list) => Some(Answer::Published(publish(&mut tx, state, list).await?)),
+            Op::DeviceList(account) => {
+                Some(Answer::List(device_list(&mut tx, state, account).await?))
+            }
+            Op::DeviceStatus(devices) => Some(Answer::Status(
+                devices
+                    .iter()
+                    .map(|d| {
+                        state
+                            .devices
+                            .get(d)
+                            .map(|q| DeviceStatus {
+                                last_seen_day: q.last_seen,
+                                queued: q.count,
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            )),
             Op::Enqueue(..) | Op::Page(..) | Op::Read(..) | Op::Ack(..) => None,
         };
     }
@@ -742,6 +876,14 @@ impl Writes {
     ) -> Result<Enqueued, StoreError> {
         if state.sent.contains(&envelope.message_id) {
             return Ok(Enqueued::Duplicate);
+        }
+        let stale: Vec<Stale> = envelope
+            .expected
+            .iter()
+            .filter_map(|e| e.compare(state.lists.get(&e.account).map(|l| &l.devices[..])))
+            .collect();
+        if !stale.is_empty() {
+            return Err(StoreError::StaleDevices(stale));
         }
         let mut queues = Vec::with_capacity(envelope.recipients.len());
         let mut unknown = Vec::new();
@@ -1077,6 +1219,9 @@ async fn register(
     device: &DeviceKey,
     upload: &PrekeyUpload,
 ) -> Result<u32, StoreError> {
+    if state.revoked.contains(device) {
+        return Err(StoreError::Revoked);
+    }
     let (s, l) = (&upload.signed, &upload.last_resort);
     let id: i64 = sqlx::query(
         "INSERT INTO devices (device_key, spk_id, spk_public, spk_signature, lr_id, lr_public, lr_signature)
@@ -1102,6 +1247,7 @@ async fn register(
         saved_seq: 0,
         count: 0,
         bytes: 0,
+        last_seen: 0,
     });
     if !upload.one_time.is_empty() {
         sqlx::query("DELETE FROM one_time_prekeys WHERE device = ?")
@@ -1119,6 +1265,142 @@ async fn register(
         q.execute(&mut **tx).await?;
     }
     count_one_time(tx, id).await
+}
+
+/// Records the day a device authenticated (once a day at most).
+async fn seen(
+    tx: &mut Tx<'_>,
+    state: &mut State,
+    device: &DeviceKey,
+    day: u64,
+) -> Result<Seen, StoreError> {
+    if state.revoked.contains(device) {
+        return Ok(Seen::Revoked);
+    }
+    let Some(q) = state.devices.get_mut(device) else {
+        return Ok(Seen::Queued(0));
+    };
+    if q.last_seen < day {
+        sqlx::query("UPDATE devices SET last_seen = ? WHERE id = ?")
+            .bind(i64_of(day))
+            .bind(q.id)
+            .execute(&mut **tx)
+            .await?;
+        q.last_seen = day;
+    }
+    Ok(Seen::Queued(q.count))
+}
+
+/// Deletes a device's queue, prekeys and registration; returns the
+/// number of envelopes that were waiting.
+async fn remove_device(
+    tx: &mut Tx<'_>,
+    state: &mut State,
+    device: &DeviceKey,
+) -> Result<u64, StoreError> {
+    let Some(q) = state.devices.get(device).copied() else {
+        return Ok(0);
+    };
+    // fetch_all: every statement runs (the stream is read to its end).
+    let rows = sqlx::query(
+        "SELECT COUNT(*) FROM queue WHERE device = ?1 AND body IS NOT NULL;
+         DELETE FROM queue WHERE device = ?1;
+         DELETE FROM one_time_prekeys WHERE device = ?1;
+         DELETE FROM devices WHERE id = ?1",
+    )
+    .bind(q.id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let inline = match rows.first() {
+        Some(row) => row.int(0)?,
+        None => return Err(StoreError::Backend("queue count missing".into())),
+    };
+    state.inline = state.inline.saturating_sub(u64_of(inline));
+    state.devices.remove(device);
+    Ok(q.count)
+}
+
+/// Stores a device list newer than the stored one and revokes the
+/// devices it drops.
+async fn publish(
+    tx: &mut Tx<'_>,
+    state: &mut State,
+    list: &StoredList,
+) -> Result<Published, StoreError> {
+    let named: Vec<DeviceKey> = list
+        .devices
+        .iter()
+        .filter(|d| state.revoked.contains(*d))
+        .copied()
+        .collect();
+    if !named.is_empty() {
+        return Ok(Published::Revoked(named));
+    }
+    let before = match state.lists.get(&list.account) {
+        Some(stored) if stored.version >= list.version => {
+            let same = stored.version == list.version
+                && device_list(tx, state, &list.account)
+                    .await?
+                    .is_some_and(|s| s.encoded == list.encoded);
+            return Ok(if same {
+                Published::Unchanged
+            } else {
+                Published::Old(stored.version)
+            });
+        }
+        Some(stored) => stored.devices.clone(),
+        None => vec![list.account],
+    };
+    let dropped: Vec<DeviceKey> = before
+        .into_iter()
+        .filter(|d| !list.devices.contains(d))
+        .collect();
+    sqlx::query(
+        "INSERT OR REPLACE INTO device_lists (account, version, devices, encoded) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&list.account[..])
+    .bind(i64_of(list.version))
+    .bind(list.devices.concat())
+    .bind(&list.encoded[..])
+    .execute(&mut **tx)
+    .await?;
+    for device in &dropped {
+        remove_device(tx, state, device).await?;
+        sqlx::query("INSERT OR IGNORE INTO revoked (device_key) VALUES (?)")
+            .bind(&device[..])
+            .execute(&mut **tx)
+            .await?;
+        state.revoked.insert(*device);
+    }
+    state.lists.insert(
+        list.account,
+        List {
+            version: list.version,
+            devices: list.devices.clone(),
+        },
+    );
+    Ok(Published::Stored(dropped))
+}
+
+async fn device_list(
+    tx: &mut Tx<'_>,
+    state: &State,
+    account: &AccountKey,
+) -> Result<Option<StoredList>, StoreError> {
+    let Some(list) = state.lists.get(account) else {
+        return Ok(None);
+    };
+    let encoded: Vec<u8> = sqlx::query("SELECT encoded FROM device_lists WHERE account = ?")
+        .bind(&account[..])
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+    Ok(Some(StoredList {
+        account: *account,
+        version: list.version,
+        devices: list.devices.clone(),
+        encoded,
+    }))
 }
 
 async fn count_one_time(tx: &mut Tx<'_>, id: i64) -> Result<u32, StoreError> {
@@ -1355,6 +1637,14 @@ pub(crate) mod tests {
             !file.windows(marker.len()).any(|w| w == marker.as_slice()),
             "an acked envelope's bytes are still in the database file"
         );
+    }
+
+    #[tokio::test]
+    async fn device_lists_check_senders_and_revoke_devices() {
+        suite::device_lists_check_senders_and_revoke_devices(
+            open("device_lists_check_senders_and_revoke_devices").await,
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -1624,6 +1914,106 @@ pub(crate) mod tests {
         SqliteStore::open_with(path, SqliteOptions { max_message_ids })
             .await
             .expect("reopens")
+    }
+
+    /// A version 2 database (no device lists, no last-seen day) gets
+    /// them and keeps its devices and envelopes; device lists and
+    /// revocations then survive a restart.
+    #[tokio::test]
+    async fn a_version_2_database_is_migrated_and_lists_survive_restarts() {
+        let path = temp_db("migrate-v2");
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        {
+            let store = SqliteStore::open(&path).await.expect("opens");
+            for d in [a, b] {
+                store
+                    .register(d, suite::upload(1))
+                    .await
+                    .expect("registers");
+            }
+            let sent = store.enqueue(suite::envelope(1, b"kept", &[a, b]), suite::LIMITS);
+            assert_eq!(sent.await, Ok(Enqueued::Stored(vec![1, 1])));
+        }
+        {
+            // Back to what version 2 had (the writer let go of the file).
+            let connect = SqliteConnectOptions::from_str("sqlite:")
+                .expect("options")
+                .filename(&path)
+                .busy_timeout(Duration::from_secs(10));
+            let mut conn = SqliteConnection::connect_with(&connect)
+                .await
+                .expect("connects");
+            for statement in [
+                "ALTER TABLE devices DROP COLUMN last_seen",
+                "DROP TABLE device_lists",
+                "DROP TABLE revoked",
+                "PRAGMA user_version = 2",
+            ] {
+                sqlx::query(statement)
+                    .execute(&mut conn)
+                    .await
+                    .expect("downgrades");
+            }
+        }
+        let store = reopen(&path, DEFAULT_MAX_MESSAGE_IDS).await;
+        assert_eq!(store.queue_len(b).await, Ok(1));
+        assert_eq!(store.seen(a, 20_000).await, Ok(Seen::Queued(1)));
+        let list = StoredList {
+            account: a,
+            version: 1,
+            devices: vec![a],
+            encoded: b"list".to_vec(),
+        };
+        let revoking = store.publish_devices(list.clone()).await;
+        assert_eq!(revoking, Ok(Published::Stored(vec![])));
+        let dropped = StoredList {
+            version: 2,
+            encoded: b"list 2".to_vec(),
+            ..list.clone()
+        };
+        // b was never in a's list: nothing to revoke.
+        assert_eq!(
+            store.publish_devices(dropped.clone()).await,
+            Ok(Published::Stored(vec![]))
+        );
+        drop(store);
+        let store = reopen(&path, DEFAULT_MAX_MESSAGE_IDS).await;
+        assert_eq!(store.device_list(a).await, Ok(Some(dropped)));
+        assert_eq!(
+            store.device_status(vec![a]).await,
+            Ok(vec![DeviceStatus {
+                last_seen_day: 20_000,
+                queued: 1
+            }])
+        );
+        let three = StoredList {
+            version: 3,
+            devices: vec![a, b],
+            encoded: b"list 3".to_vec(),
+            ..list.clone()
+        };
+        assert_eq!(
+            store.publish_devices(three).await,
+            Ok(Published::Stored(vec![]))
+        );
+        let four = StoredList {
+            version: 4,
+            encoded: b"list 4".to_vec(),
+            ..list
+        };
+        assert_eq!(
+            store.publish_devices(four).await,
+            Ok(Published::Stored(vec![b]))
+        );
+        drop(store);
+        let store = reopen(&path, DEFAULT_MAX_MESSAGE_IDS).await;
+        assert_eq!(store.seen(b, 20_001).await, Ok(Seen::Revoked));
+        assert_eq!(store.queue_len(b).await, Ok(0));
+        let stats = store.stats().await.expect("stats");
+        assert_eq!(
+            (stats.devices, stats.queued_envelopes, stats.bodies),
+            (1, 1, 1)
+        );
     }
 
     /// A database written by the version 1 schema keeps every device,

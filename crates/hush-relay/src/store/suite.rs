@@ -34,6 +34,7 @@ pub(crate) fn envelope(id: u8, body: &[u8], to: &[DeviceKey]) -> NewEnvelope {
         body: Arc::new(body.to_vec()),
         recipients: to.iter().map(|d| (*d, [d[0]; 48])).collect(),
         expires_at: 1_000,
+        expected: Vec::new(),
     }
 }
 
@@ -224,6 +225,7 @@ pub(crate) async fn concurrent_enqueues_batch_correctly<S: Store + Clone>(store:
             body: Arc::new(i.to_be_bytes().to_vec()),
             recipients: to.iter().map(|d| (*d, [0; 48])).collect(),
             expires_at: 1_000,
+            expected: Vec::new(),
         };
         tasks.push(tokio::spawn(async move {
             store.enqueue(envelope, limits).await
@@ -374,4 +376,141 @@ pub(crate) async fn a_burst_of_bodies_comes_back_exactly<S: Store + Clone>(store
             .await,
         Ok(Enqueued::Stored(vec![9]))
     );
+}
+
+/// Records the devices a store says were revoked.
+#[derive(Default)]
+pub(crate) struct Revocations(std::sync::Mutex<Vec<DeviceKey>>);
+
+impl CommitListener for Revocations {
+    fn committed(&self, _: &[Committed<'_>]) {}
+    fn wake(&self, _: &DeviceKey) {}
+    fn wake_all(&self) {}
+    fn taken_over(&self, _: &DeviceKey) {}
+    fn revoked(&self, device: &DeviceKey) {
+        self.0.lock().expect("not poisoned").push(*device);
+    }
+}
+
+fn list(account: DeviceKey, version: u64, devices: &[DeviceKey]) -> StoredList {
+    StoredList {
+        account,
+        version,
+        devices: devices.to_vec(),
+        encoded: [&account[..], &version.to_be_bytes(), &devices.concat()].concat(),
+    }
+}
+
+fn expecting(mut e: NewEnvelope, account: DeviceKey, devices: &[DeviceKey]) -> NewEnvelope {
+    e.expected = vec![Expected {
+        account,
+        devices: devices.to_vec(),
+    }];
+    e
+}
+
+pub(crate) async fn device_lists_check_senders_and_revoke_devices<S: Store + Clone>(store: S) {
+    let revocations = Arc::new(Revocations::default());
+    store.set_listener(revocations.clone());
+    let (a, b, c) = ([0xa1; 32], [0xb2; 32], [0xc3; 32]);
+    for d in [a, b, c] {
+        store.register(d, upload(2)).await.expect("registers");
+    }
+    // No list yet: the account is its primary alone.
+    assert_eq!(store.device_list(a).await, Ok(None));
+    let alone = store.enqueue(expecting(envelope(1, b"x", &[a]), a, &[a]), LIMITS);
+    assert_eq!(alone.await, Ok(Enqueued::Stored(vec![1])));
+    let stale = store.enqueue(expecting(envelope(2, b"x", &[a, b]), a, &[a, b]), LIMITS);
+    assert_eq!(
+        stale.await,
+        Err(StoreError::StaleDevices(vec![Stale {
+            account: a,
+            missing: vec![],
+            removed: vec![b],
+        }]))
+    );
+
+    assert_eq!(
+        store.publish_devices(list(a, 1, &[a, b, c])).await,
+        Ok(Published::Stored(vec![]))
+    );
+    assert_eq!(store.device_list(a).await, Ok(Some(list(a, 1, &[a, b, c]))));
+    // A stale sender stores nothing, a resend of its id is not a duplicate.
+    let stale = store.enqueue(expecting(envelope(2, b"x", &[a, b]), a, &[a, b]), LIMITS);
+    assert_eq!(
+        stale.await,
+        Err(StoreError::StaleDevices(vec![Stale {
+            account: a,
+            missing: vec![c],
+            removed: vec![],
+        }]))
+    );
+    let fresh = expecting(envelope(2, b"x", &[a, b, c]), a, &[c, b, a]);
+    assert_eq!(
+        store.enqueue(fresh, LIMITS).await,
+        Ok(Enqueued::Stored(vec![2, 1, 1]))
+    );
+    assert_eq!(store.seen(b, 19_000).await, Ok(Seen::Queued(1)));
+    assert_eq!(
+        store.device_status(vec![a, b, [0xee; 32]]).await,
+        Ok(vec![
+            DeviceStatus {
+                last_seen_day: 0,
+                queued: 2
+            },
+            DeviceStatus {
+                last_seen_day: 19_000,
+                queued: 1
+            },
+            DeviceStatus::default(),
+        ])
+    );
+
+    // Version 2 drops b: its queue, prekeys and registration go.
+    assert_eq!(
+        store.publish_devices(list(a, 2, &[a, c])).await,
+        Ok(Published::Stored(vec![b]))
+    );
+    assert_eq!(*revocations.0.lock().expect("not poisoned"), vec![b]);
+    assert_eq!(store.take_bundle(b).await, Ok(None));
+    assert_eq!(store.queue_len(b).await, Ok(0));
+    assert_eq!(store.seen(b, 19_001).await, Ok(Seen::Revoked));
+    assert_eq!(store.register(b, upload(1)).await, Err(StoreError::Revoked));
+    let to_b = store.enqueue(envelope(3, b"x", &[a, b]), LIMITS).await;
+    assert_eq!(to_b, Err(StoreError::UnknownDevices(vec![b])));
+    // Resends, rollbacks and lists naming revoked devices change nothing.
+    assert_eq!(
+        store.publish_devices(list(a, 2, &[a, c])).await,
+        Ok(Published::Unchanged)
+    );
+    assert_eq!(
+        store.publish_devices(list(a, 2, &[a])).await,
+        Ok(Published::Old(2))
+    );
+    assert_eq!(
+        store.publish_devices(list(a, 1, &[a])).await,
+        Ok(Published::Old(2))
+    );
+    assert_eq!(
+        store.publish_devices(list(a, 3, &[a, b])).await,
+        Ok(Published::Revoked(vec![b]))
+    );
+    assert_eq!(store.device_list(a).await, Ok(Some(list(a, 2, &[a, c]))));
+
+    // A device unregistering itself takes its queue with it; registering
+    // again starts a new queue.
+    assert_eq!(store.unregister(c).await, Ok(1));
+    assert_eq!(store.unregister(c).await, Ok(0));
+    assert_eq!(store.take_bundle(c).await, Ok(None));
+    store.register(c, upload(0)).await.expect("registers again");
+    assert_eq!(
+        store.enqueue(envelope(4, b"y", &[c]), LIMITS).await,
+        Ok(Enqueued::Stored(vec![1]))
+    );
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.devices, stats.queued_envelopes), (2, 3));
+    // The shared body of message 2 lives on in a's queue alone.
+    let page = store.page(a, 0, 10).await.expect("pages");
+    assert_eq!(page.envelopes.len(), 2);
+    assert_eq!(page.envelopes[1].body, b"x");
 }
