@@ -389,7 +389,8 @@ struct Round {
 /// A contact's sessions and the last counter given to a message to them.
 #[derive(Default)]
 struct Conversation {
-    sessions: Sessions,
+    /// Sessions per device of the contact.
+    devices: HashMap<[u8; 32], Sessions>,
     send_counter: u64,
 }
 
@@ -843,11 +844,12 @@ impl Client {
             return Ok(c);
         }
         let (stored, send_counter) = self.profile.conversation(contact).await?;
+        let mut devices = HashMap::with_capacity(stored.len());
+        for (device, bytes) in stored {
+            devices.insert(device, Sessions::from_bytes(&bytes)?);
+        }
         Ok(Conversation {
-            sessions: match stored {
-                Some(bytes) => Sessions::from_bytes(&bytes)?,
-                None => Sessions::default(),
-            },
+            devices,
             send_counter,
         })
     }
@@ -917,14 +919,26 @@ impl Client {
         bodies: Vec<Body>,
     ) -> Result<Vec<MessageId>, ClientError> {
         let mut conversation = self.take_conversation(contact.id).await?;
-        let initiated = conversation.sessions.list.is_empty();
+        let device = *contact.identity.as_bytes();
+        let initiated = conversation
+            .devices
+            .get(&device)
+            .is_none_or(|s| s.list.is_empty());
         if initiated {
             let bundle = self.outbox().await?.fetch_bundle(&contact.identity).await?;
             let session = Session::initiate(&mut self.rng, &self.identity, &bundle)
                 .map_err(|e| ClientError::Crypto(e.to_string()))?;
-            conversation.sessions.put_first(session);
+            conversation
+                .devices
+                .entry(device)
+                .or_default()
+                .put_first(session);
         }
-        let Some(session) = conversation.sessions.list.first_mut() else {
+        let Some(session) = conversation
+            .devices
+            .get_mut(&device)
+            .and_then(|s| s.list.first_mut())
+        else {
             return Err(ClientError::Crypto("no session".into()));
         };
         let now = now_ms();
@@ -986,13 +1000,16 @@ impl Client {
         self.profile
             .stage_messages(&mut self.rng, &mut writes, &messages);
         Profile::stage_outgoing(&mut writes, &outgoing);
-        self.profile.stage_conversation(
-            &mut self.rng,
-            &mut writes,
-            contact.id,
-            &conversation.sessions.to_bytes(),
-            conversation.send_counter,
-        );
+        if let Some(sessions) = conversation.devices.get(&device) {
+            self.profile.stage_session(
+                &mut self.rng,
+                &mut writes,
+                contact.id,
+                &device,
+                &sessions.to_bytes(),
+            );
+        }
+        Profile::stage_send_counter(&mut writes, contact.id, conversation.send_counter);
         if initiated {
             // The session is new: if a power cut undid this commit after
             // the envelope left, the next send would start another
@@ -1526,8 +1543,10 @@ impl Client {
             None => Conversation::default(),
         };
         let mut used_one_time = None;
+        let device = *opened.sender.as_bytes();
+        let sessions = conversation.devices.entry(device).or_default();
         let plaintext = match &message {
-            SessionMessage::PreKey(pre) if !conversation.sessions.has_base_key(&pre.base_key) => {
+            SessionMessage::PreKey(pre) if !sessions.has_base_key(&pre.base_key) => {
                 let one_time = match pre.extra {
                     Some(PreKeyRef::OneTime(id)) => vec![id],
                     _ => Vec::new(),
@@ -1536,13 +1555,13 @@ impl Client {
                 match Session::respond(&self.identity, &prekeys, pre) {
                     Ok((new, plaintext)) => {
                         used_one_time = one_time.first().copied();
-                        conversation.sessions.put_first(new);
+                        sessions.put_first(new);
                         Ok(plaintext)
                     }
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => conversation.sessions.decrypt(&message),
+            _ => sessions.decrypt(&message),
         };
         let plaintext = match plaintext {
             Ok(p) => Zeroizing::new(p),
@@ -1566,15 +1585,11 @@ impl Client {
                 None
             }
         };
-        let session = conversation.sessions.to_bytes();
+        let session = sessions.to_bytes();
         let stage_session = |client: &mut Self, writes: &mut Writes| {
-            client.profile.stage_conversation(
-                &mut client.rng,
-                writes,
-                contact.id,
-                &session,
-                conversation.send_counter,
-            );
+            client
+                .profile
+                .stage_session(&mut client.rng, writes, contact.id, &device, &session);
             if let Some(id) = used_one_time {
                 Profile::stage_delete_prekey(writes, PrekeyKind::OneTime, id);
             }

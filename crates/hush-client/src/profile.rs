@@ -27,7 +27,7 @@ use crate::content::{GroupId, MessageId};
 use crate::vault::{Vault, VaultError};
 
 /// The schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
@@ -71,15 +71,16 @@ const SCHEMA: &[&str] = &[
 /// From each schema version to the next: `MIGRATIONS[v - 1]` takes a
 /// version `v` profile to `v + 1`. A new profile runs [`SCHEMA`] and then
 /// all of them.
-const MIGRATIONS: &[&[&str]] = &[&[
-    // 1 -> 2: groups.
-    "ALTER TABLE messages ADD COLUMN grp BLOB",
-    "CREATE INDEX messages_by_group ON messages (grp, position) WHERE grp IS NOT NULL",
-    // Recipients after the first (device key || slot, 80 bytes each) and
-    // the group of a group send.
-    "ALTER TABLE outbox ADD COLUMN more_recipients BLOB",
-    "ALTER TABLE outbox ADD COLUMN grp BLOB",
-    "CREATE TABLE groups (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        // 1 -> 2: groups.
+        "ALTER TABLE messages ADD COLUMN grp BLOB",
+        "CREATE INDEX messages_by_group ON messages (grp, position) WHERE grp IS NOT NULL",
+        // Recipients after the first (device key || slot, 80 bytes each) and
+        // the group of a group send.
+        "ALTER TABLE outbox ADD COLUMN more_recipients BLOB",
+        "ALTER TABLE outbox ADD COLUMN grp BLOB",
+        "CREATE TABLE groups (
         id BLOB PRIMARY KEY,
         name TEXT NOT NULL,
         version INTEGER NOT NULL,
@@ -88,25 +89,37 @@ const MIGRATIONS: &[&[&str]] = &[&[
         member INTEGER NOT NULL,
         send_counter INTEGER NOT NULL DEFAULT 0,
         sender_key BLOB)",
-    "CREATE TABLE sender_keys (
+        "CREATE TABLE sender_keys (
         grp BLOB NOT NULL, sender BLOB NOT NULL, record BLOB NOT NULL,
         PRIMARY KEY (grp, sender))",
-    // The distribution of this device's chain each member was given
-    // (sealed), sent again if it asks.
-    "CREATE TABLE given_keys (
+        // The distribution of this device's chain each member was given
+        // (sealed), sent again if it asks.
+        "CREATE TABLE given_keys (
         grp BLOB NOT NULL, member BLOB NOT NULL, key_id INTEGER NOT NULL,
         distribution BLOB NOT NULL,
         PRIMARY KEY (grp, member))",
-    // Group messages waiting for their sender's key (or their group).
-    "CREATE TABLE parked (
+        // Group messages waiting for their sender's key (or their group).
+        "CREATE TABLE parked (
         id INTEGER PRIMARY KEY, grp BLOB NOT NULL, sender BLOB NOT NULL,
         message BLOB NOT NULL, seq INTEGER NOT NULL)",
-    "CREATE INDEX parked_by_group ON parked (grp, id)",
-    // When this device last asked a member for its key.
-    "CREATE TABLE key_requests (
+        "CREATE INDEX parked_by_group ON parked (grp, id)",
+        // When this device last asked a member for its key.
+        "CREATE TABLE key_requests (
         grp BLOB NOT NULL, sender BLOB NOT NULL, at_ms INTEGER NOT NULL,
         PRIMARY KEY (grp, sender))",
-]];
+    ],
+    &[
+        // 2 -> 3: sessions per device of a contact (`spec/devices.md`). The
+        // sessions kept in `contacts.session` move here when the profile is
+        // next unlocked (they are re-sealed under their new row's purpose).
+        "CREATE TABLE devices (
+        contact INTEGER NOT NULL,
+        device_key BLOB NOT NULL,
+        session BLOB NOT NULL,
+        PRIMARY KEY (contact, device_key))",
+        "CREATE INDEX devices_by_key ON devices (device_key)",
+    ],
+];
 
 /// Profile failures.
 #[derive(Debug, Error)]
@@ -360,6 +373,12 @@ impl core::fmt::Debug for Profile {
     }
 }
 
+/// What a device's sealed sessions are bound to: the contact's row and
+/// the device, so no row's sessions open as another's.
+fn session_purpose(contact: i64, device: &[u8; 32]) -> String {
+    format!("session:{contact}:{}", hex::encode(device))
+}
+
 fn db_path(home: &Path) -> PathBuf {
     home.join("profile.sqlite")
 }
@@ -541,6 +560,7 @@ impl Profile {
         if vault.open("check", &check).is_err() {
             return Err(VaultError::WrongKey.into());
         }
+        Self::move_sessions(&pool, &vault).await?;
         let last: i64 = sqlx::query("SELECT COALESCE(MAX(position), 0) FROM messages")
             .fetch_one(&pool)
             .await?
@@ -555,6 +575,42 @@ impl Profile {
             .expire_seen(now_ms().saturating_sub(SEEN_KEPT.as_millis() as u64))
             .await?;
         Ok(profile)
+    }
+
+    /// Moves sessions a version 2 profile kept per contact to the
+    /// contact's primary device, re-sealed under the device's purpose.
+    async fn move_sessions(pool: &SqlitePool, vault: &Vault) -> Result<(), ProfileError> {
+        let rows =
+            sqlx::query("SELECT id, identity, session FROM contacts WHERE session IS NOT NULL")
+                .fetch_all(pool)
+                .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut rng = crate::rng::ErasingRng::from_os()
+            .map_err(|e| ProfileError::Database(format!("no randomness: {e}")))?;
+        let mut tx = pool.begin().await?;
+        for row in rows {
+            let contact: i64 = row.try_get(0)?;
+            let device: [u8; 32] = fixed("identity", row.try_get::<&[u8], _>(1)?)?;
+            let sealed: Vec<u8> = row.try_get(2)?;
+            let state = vault.open(&format!("session:{contact}"), &sealed)?;
+            let resealed = vault.seal(&mut rng, &session_purpose(contact, &device), &state);
+            sqlx::query(
+                "INSERT OR REPLACE INTO devices (contact, device_key, session) VALUES (?, ?, ?)",
+            )
+            .bind(contact)
+            .bind(&device[..])
+            .bind(resealed)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE contacts SET session = NULL WHERE id = ?")
+                .bind(contact)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Forgets the ids seen before `before_ms`. Returns how many.
@@ -888,6 +944,10 @@ impl Profile {
                         .execute(&mut **tx)
                         .await?;
                 }
+                sqlx::query("DELETE FROM devices WHERE contact = ?")
+                    .bind(c.id)
+                    .execute(&mut **tx)
+                    .await?;
                 sqlx::query("DELETE FROM contacts WHERE id = ?")
                     .bind(c.id)
                     .execute(&mut **tx)
@@ -908,8 +968,14 @@ impl Profile {
                 ))
             }
             (Some(c), None) => {
-                sqlx::query("UPDATE contacts SET identity = ?, verified = 0, changed = 1, session = NULL WHERE id = ?")
-                    .bind(&identity.as_bytes()[..])
+                sqlx::query(
+                    "UPDATE contacts SET identity = ?, verified = 0, changed = 1 WHERE id = ?",
+                )
+                .bind(&identity.as_bytes()[..])
+                .bind(c.id)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM devices WHERE contact = ?")
                     .bind(c.id)
                     .execute(&mut **tx)
                     .await?;
@@ -958,45 +1024,61 @@ impl Profile {
         Ok(())
     }
 
-    /// A contact's session state (secret) and its last send counter.
+    /// A contact's session states per device (secret) and its last
+    /// send counter.
     pub async fn conversation(
         &self,
         contact: i64,
-    ) -> Result<(Option<Zeroizing<Vec<u8>>>, u64), ProfileError> {
-        let row = sqlx::query("SELECT session, send_counter FROM contacts WHERE id = ?")
+    ) -> Result<(Vec<([u8; 32], Zeroizing<Vec<u8>>)>, u64), ProfileError> {
+        let counter = sqlx::query("SELECT send_counter FROM contacts WHERE id = ?")
             .bind(contact)
             .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else {
-            return Ok((None, 0));
-        };
-        let sealed: Option<Vec<u8>> = row.try_get(0)?;
-        let counter = u64_of(row.try_get(1)?);
-        match sealed {
-            Some(s) => Ok((
-                Some(self.vault.open(&format!("session:{contact}"), &s)?),
-                counter,
-            )),
-            None => Ok((None, counter)),
+            .await?
+            .map(|row| row.try_get(0).map(u64_of))
+            .transpose()?
+            .unwrap_or(0);
+        let mut devices = Vec::new();
+        for row in sqlx::query("SELECT device_key, session FROM devices WHERE contact = ?")
+            .bind(contact)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let device: [u8; 32] = fixed("device key", row.try_get::<&[u8], _>(0)?)?;
+            let sealed: Vec<u8> = row.try_get(1)?;
+            let state = self
+                .vault
+                .open(&session_purpose(contact, &device), &sealed)?;
+            devices.push((device, state));
         }
+        Ok((devices, counter))
     }
 
-    /// Stages a contact's session state and last send counter.
-    pub fn stage_conversation(
+    /// Stages a contact's last send counter.
+    pub fn stage_send_counter(writes: &mut Writes, contact: i64, send_counter: u64) {
+        writes.push(
+            "UPDATE contacts SET send_counter = ? WHERE id = ?",
+            [Arg::Int(i64_of(send_counter)), Arg::Int(contact)],
+        );
+    }
+
+    /// Stages the session state kept with one device of a contact.
+    pub fn stage_session(
         &self,
         rng: &mut impl CryptoRng,
         writes: &mut Writes,
         contact: i64,
+        device: &[u8; 32],
         state: &[u8],
-        send_counter: u64,
     ) {
-        let sealed = self.vault.seal(rng, &format!("session:{contact}"), state);
+        let sealed = self
+            .vault
+            .seal(rng, &session_purpose(contact, device), state);
         writes.push(
-            "UPDATE contacts SET session = ?, send_counter = ? WHERE id = ?",
+            "INSERT OR REPLACE INTO devices (contact, device_key, session) VALUES (?, ?, ?)",
             [
-                Arg::Blob(sealed),
-                Arg::Int(i64_of(send_counter)),
                 Arg::Int(contact),
+                Arg::Blob(device.to_vec()),
+                Arg::Blob(sealed),
             ],
         );
     }
@@ -1963,9 +2045,37 @@ mod tests {
             .collect();
         assert_eq!(texts, ["one", "three"]);
 
+        // A profile of schema 2 kept one session per contact: opened, it
+        // is the session of the contact's primary device.
+        let legacy =
+            profile
+                .vault()
+                .seal(&mut rng, &format!("session:{}", contact.id), b"a session");
+        sqlx::query("UPDATE contacts SET session = ? WHERE id = ?")
+            .bind(legacy)
+            .bind(contact.id)
+            .execute(&profile.pool)
+            .await
+            .unwrap();
+        for statement in ["DROP TABLE devices", "PRAGMA user_version = 2"] {
+            sqlx::query(statement).execute(&profile.pool).await.unwrap();
+        }
+        profile.close().await;
+        let profile = Profile::open(&home, None).await.unwrap();
+        let (sessions, _) = profile.conversation(contact.id).await.unwrap();
+        let sessions: Vec<([u8; 32], Vec<u8>)> = sessions
+            .into_iter()
+            .map(|(device, state)| (device, state.to_vec()))
+            .collect();
+        assert_eq!(
+            sessions,
+            [(*contact.identity.as_bytes(), b"a session".to_vec())]
+        );
+
         // A profile of schema 1 (before groups) is brought up to date when
         // it is opened, keeping what it holds.
         for statement in [
+            "DROP TABLE devices",
             "DROP INDEX messages_by_group",
             "ALTER TABLE messages DROP COLUMN grp",
             "ALTER TABLE outbox DROP COLUMN more_recipients",

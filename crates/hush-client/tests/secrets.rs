@@ -160,7 +160,7 @@ async fn secret_bytes_are_handed_out_in_zeroizing_buffers() {
     // returning `Zeroizing` would not compile.
     let sealed = profile.vault().seal(&mut rng, "x", b"secret");
     let _: Zeroizing<Vec<u8>> = profile.vault().open("x", &sealed).unwrap();
-    let _: Option<Zeroizing<Vec<u8>>> = profile.conversation(1).await.unwrap().0;
+    let _: Vec<([u8; 32], Zeroizing<Vec<u8>>)> = profile.conversation(1).await.unwrap().0;
     let _: Option<Zeroizing<Vec<u8>>> = profile.own_sender_key(&group).await.unwrap();
     let _: Option<Zeroizing<Vec<u8>>> =
         profile.sender_key(&group, identity.public()).await.unwrap();

@@ -840,12 +840,9 @@ async fn a_stolen_passphrase_profile_gives_nothing_without_the_passphrase() {
         needles.push((format!("one-time prekey {}", key.id()), record.secret));
     }
     let bob_contact = profile.contact("bob").await.unwrap().unwrap();
-    let sessions = profile
-        .conversation(bob_contact.id)
-        .await
-        .unwrap()
-        .0
-        .unwrap();
+    let (devices, _) = profile.conversation(bob_contact.id).await.unwrap();
+    let (device, sessions) = devices.first().unwrap();
+    assert_eq!(device, bob_contact.identity.as_bytes());
     let mut rest = sessions.as_slice();
     while let Some((len, tail)) = rest.split_first_chunk::<4>() {
         let (one, tail) = tail.split_at(u32::from_be_bytes(*len) as usize);
